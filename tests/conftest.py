@@ -27,3 +27,24 @@ def run_train_py(args: list[str], cwd: Path, timeout: float = 600) -> subprocess
     if result.returncode != 0:
         pytest.fail(f"train.py {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return result
+
+
+@pytest.fixture(scope="session")
+def trained_mc_dropout():
+    """A LeNet-5 MC-dropout classifier (S = 20) trained 3 epochs on mnist5k (~97% accuracy),
+    in eval mode, and its data module (set up). Shared by the tests that need a real model."""
+    from lightning.pytorch import Trainer, seed_everything
+
+    from uattr.data import MNIST5k
+    from uattr.lit import BayesianClassifier
+    from uattr.models import LeNet5
+
+    seed_everything(0)
+    module = BayesianClassifier(LeNet5(dropout=0.25), num_samples=20)
+    data = MNIST5k(batch_size=64, seed=0)
+    trainer = Trainer(max_epochs=3, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False,
+                      limit_val_batches=0, accelerator="cpu", devices=1)
+    trainer.fit(module, datamodule=data)
+    data.setup("test")
+    return module.eval(), data

@@ -27,6 +27,9 @@ class LeNet5(nn.Module):
     Shapes: ``x`` [B, in_channels, input_size, input_size] in [0, 1] -> logits [B, num_classes].
     """
 
+    #: the last convolutional block: the default layer of Grad-CAM-style methods
+    cam_layer = "conv2"
+
     def __init__(
         self,
         num_classes: int = 10,

@@ -32,6 +32,9 @@ class CifarResNet18(nn.Module):
     Shapes: ``x`` [B, in_channels, H, W] in [0, 1] -> logits [B, num_classes].
     """
 
+    #: the last convolutional block: the default layer of Grad-CAM-style methods
+    cam_layer = "layer4"
+
     def __init__(
         self,
         num_classes: int = 10,

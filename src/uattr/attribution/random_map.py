@@ -1,0 +1,23 @@
+"""A random attribution: the floor every attribution-quality metric must beat."""
+
+from __future__ import annotations
+
+import torch
+
+from uattr.attribution.base import Attribution, Target
+
+
+class RandomMap(Attribution):
+    """Uniform random maps [B, H, W], seeded and independent of the model and of the batch.
+
+    Image b's map depends only on (``seed``, its index in the batch), so two calls agree. Used as
+    the "random map" row of the blurring, localisation and degradation tables.
+    """
+
+    def __init__(self, model: torch.nn.Module, seed: int = 0) -> None:
+        super().__init__(model)
+        self.seed = seed
+
+    def attribute(self, x: torch.Tensor, target: Target) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed)
+        return torch.rand(x.shape[0], *x.shape[2:], generator=generator).to(x.device)
