@@ -66,12 +66,20 @@ class BatchTimer(Callback):
             self.images += len(batch[0])
 
 
-def images_per_second(module: LightningModule, loader: DataLoader, epochs: int, device: str) -> float:
+def images_per_second(
+    module: LightningModule, loader: DataLoader, epochs: int, device: str
+) -> float:
     timer = BatchTimer(device)
     trainer = Trainer(
-        accelerator=device, devices=1, max_epochs=epochs + 1, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=0, callbacks=[timer],
+        accelerator=device,
+        devices=1,
+        max_epochs=epochs + 1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[timer],
     )
     trainer.fit(module, loader)
     return timer.images / timer.seconds
@@ -112,12 +120,20 @@ def main() -> None:
         plain.append(images_per_second(PlainClassifier(), loader, args.epochs, args.device))
         torch.manual_seed(repeat)
         loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True)
-        module = BayesianClassifier(LeNet5(), method="mc_dropout", num_samples=20,
-                                    optimizer=lambda p: torch.optim.Adam(p, lr=2e-3))
+        module = BayesianClassifier(
+            LeNet5(),
+            method="mc_dropout",
+            num_samples=20,
+            optimizer=lambda p: torch.optim.Adam(p, lr=2e-3),
+        )
         bayes.append(images_per_second(module, loader, args.epochs, args.device))
 
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    name = (
+        torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
     backbone = LeNet5().to(device).eval()
     posterior = MCDropout(backbone, num_samples=20, seed=0)
     batch = torch.rand(args.batch_size, 1, 28, 28, device=device)
@@ -128,8 +144,10 @@ def main() -> None:
         t_sample = median_time(lambda: posterior.sample_logits(batch), device=args.device)
 
     p, b = statistics.median(plain), statistics.median(bayes)
-    print(f"device: {name}; torch {torch.__version__}; batch {args.batch_size}; "
-          f"{args.epochs} timed epochs x {args.repeats} repeats (median)")
+    print(
+        f"device: {name}; torch {torch.__version__}; batch {args.batch_size}; "
+        f"{args.epochs} timed epochs x {args.repeats} repeats (median)"
+    )
     print()
     print("| training throughput | images/s |")
     print("|---|---|")
@@ -137,12 +155,14 @@ def main() -> None:
     print(f"| BayesianClassifier (MC dropout, S=20) | {b:,.0f} |")
     print(f"| ratio Bayesian / plain (target >= 0.9) | {b / p:.3f} |")
     print()
-    print("| inference cost, B = %d | time | multiple |" % args.batch_size)
+    print(f"| inference cost, B = {args.batch_size} | time | multiple |")
     print("|---|---|---|")
     print(f"| plain forward, B rows | {t_plain * 1e3:.2f} ms | 1.00 |")
     print(f"| plain forward, S*B rows | {t_big * 1e3:.2f} ms | {t_big / t_plain:.2f} |")
-    print(f"| MCDropout.sample_logits, S=20 | {t_sample * 1e3:.2f} ms | {t_sample / t_plain:.2f} "
-          f"({t_sample / t_big:.2f} x the S*B-row forward) |")
+    print(
+        f"| MCDropout.sample_logits, S=20 | {t_sample * 1e3:.2f} ms | {t_sample / t_plain:.2f} "
+        f"({t_sample / t_big:.2f} x the S*B-row forward) |"
+    )
 
 
 if __name__ == "__main__":

@@ -21,11 +21,17 @@ def run_train_py(args: list[str], cwd: Path, timeout: float = 600) -> subprocess
     """Run ``python train.py <args>`` in ``cwd`` and fail with its output if it fails."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env,
-        capture_output=True, text=True, timeout=timeout,
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if result.returncode != 0:
-        pytest.fail(f"train.py {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+        pytest.fail(
+            f"train.py {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+        )
     return result
 
 
@@ -42,9 +48,16 @@ def trained_mc_dropout():
     seed_everything(0)
     module = BayesianClassifier(LeNet5(dropout=0.25), num_samples=20)
     data = MNIST5k(batch_size=64, seed=0)
-    trainer = Trainer(max_epochs=3, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False,
-                      limit_val_batches=0, accelerator="cpu", devices=1)
+    trainer = Trainer(
+        max_epochs=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        accelerator="cpu",
+        devices=1,
+    )
     trainer.fit(module, datamodule=data)
     data.setup("test")
     return module.eval(), data

@@ -29,7 +29,9 @@ def test_completeness_on_a_trained_model(trained_mc_dropout, test_digits, kind):
 
 def _mass_in_boxes(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """Share of each map's total inside its box (x_min, y_min, x_max, y_max; max exclusive)."""
-    inside = torch.stack([m[y0:y1, x0:x1].sum() for m, (x0, y0, x1, y1) in zip(maps, boxes.tolist(), strict=True)])
+    inside = torch.stack(
+        [m[y0:y1, x0:x1].sum() for m, (x0, y0, x1, y1) in zip(maps, boxes.tolist(), strict=True)]
+    )
     return inside / maps.sum((1, 2))
 
 

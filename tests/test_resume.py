@@ -17,9 +17,15 @@ def _fit(module_cls, tmp_path, max_epochs: int, ckpt_path=None, **module_kwargs)
     data = MNIST5k(batch_size=64, seed=0)
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
     trainer = Trainer(
-        max_epochs=max_epochs, limit_train_batches=6, limit_val_batches=2, logger=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[checkpoint],
-        accelerator="cpu", devices=1,
+        max_epochs=max_epochs,
+        limit_train_batches=6,
+        limit_val_batches=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[checkpoint],
+        accelerator="cpu",
+        devices=1,
     )
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     return module, tmp_path / "last.ckpt"

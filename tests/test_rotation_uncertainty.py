@@ -16,9 +16,16 @@ from uattr.models import LeNet5
 def _train(module, epochs: int):
     seed_everything(0)
     data = MNIST5k(batch_size=64, seed=0)
-    trainer = Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False,
-                      limit_val_batches=0, accelerator="cpu", devices=1)
+    trainer = Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        accelerator="cpu",
+        devices=1,
+    )
     trainer.fit(module, datamodule=data)
     return module.eval(), data
 

@@ -7,7 +7,9 @@ import torch
 __all__ = ["check_images"]
 
 
-def check_images(x: torch.Tensor, channels: int | None = None, name: str = "images") -> torch.Tensor:
+def check_images(
+    x: torch.Tensor, channels: int | None = None, name: str = "images"
+) -> torch.Tensor:
     """Check that ``x`` is a finite float image batch ``[B, C, H, W]`` and return it unchanged.
 
     Args:
@@ -20,7 +22,9 @@ def check_images(x: torch.Tensor, channels: int | None = None, name: str = "imag
         ValueError: wrong rank, empty batch, wrong channel count, or NaN/Inf values.
     """
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape [B, C, H, W], got {type(x).__name__}.")
+        raise TypeError(
+            f"{name} must be a torch.Tensor of shape [B, C, H, W], got {type(x).__name__}."
+        )
     if not x.is_floating_point():
         raise TypeError(
             f"{name} must be a floating-point tensor with values in [0, 1], got dtype {x.dtype}. "

@@ -32,7 +32,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "Unsupported global" not in str(error):  # garbage bytes, not a refused object
-            raise ValueError(f"{path} is not a PyTorch checkpoint (unreadable pickle data).") from error
+            raise ValueError(
+                f"{path} is not a PyTorch checkpoint (unreadable pickle data)."
+            ) from error
         raise ValueError(
             f"{path} holds Python objects that a safe load (weights_only=True) refuses; uattr "
             f"only loads tensors and plain values. Details: {str(error).splitlines()[0]}"

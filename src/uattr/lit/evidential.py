@@ -25,7 +25,7 @@ class EvidentialClassifier(ClassifierRoutine):
 
     Args:
         backbone: any classifier [B, C, H, W] -> [B, K].
-        loss: ``"mse"`` (paper Eq. 5, the default in the reference code), ``"log"`` or ``"digamma"``.
+        loss: ``"mse"`` (paper Eq. 5, the reference code's default), ``"log"`` or ``"digamma"``.
         evidence: ``"relu"``, ``"exp"`` or ``"softplus"``.
         annealing_step: epochs until the KL term has full weight.
         num_classes, optimizer, lr_scheduler, ece_bins: see :class:`ClassifierRoutine`.

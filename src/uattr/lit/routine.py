@@ -49,13 +49,13 @@ class ClassifierRoutine(LightningModule):
         backbone: an ``nn.Module`` mapping images [B, C, H, W] in [0, 1] to logits [B, K].
         num_classes: K; ``None`` takes the backbone's ``num_classes`` attribute. Checked against
             the data module's ``num_classes`` at setup and the backbone's output on the first batch.
-        optimizer: a callable ``params -> Optimizer`` (the CLI accepts ``class_path``/``init_args``).
+        optimizer: a callable ``params -> Optimizer`` (in YAML: ``class_path``/``init_args``).
         lr_scheduler: an optional callable ``optimizer -> LRScheduler`` (stepped per epoch).
         ece_bins: number of calibration bins.
     """
 
     uncertainty_kinds: tuple[str, ...] = ("total", "aleatoric", "epistemic")
-    #: the model that attribution methods and metrics explain (a posterior wrapper); set by subclasses
+    #: the model attribution methods and metrics explain (a posterior wrapper); set by subclasses
     posterior: nn.Module
 
     def __init__(
@@ -124,7 +124,8 @@ class ClassifierRoutine(LightningModule):
             if scores.shape[-1] != self.num_classes:
                 raise ValueError(
                     f"the backbone outputs {scores.shape[-1]} logits but the data has "
-                    f"{self.num_classes} classes: set the backbone's num_classes to {self.num_classes}."
+                    f"{self.num_classes} classes: set the backbone's num_classes to "
+                    f"{self.num_classes}."
                 )
             self._checked_output = True
 
@@ -134,7 +135,8 @@ class ClassifierRoutine(LightningModule):
         if data_classes is not None and data_classes != self.num_classes:
             raise ValueError(
                 f"the data module {type(datamodule).__name__} has {data_classes} classes but the "
-                f"model predicts {self.num_classes}: set the backbone's num_classes to {data_classes}."
+                f"model predicts {self.num_classes}: set the backbone's num_classes to "
+                f"{data_classes}."
             )
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -157,8 +159,14 @@ class ClassifierRoutine(LightningModule):
         for kind, values in prediction.uncertainties.items():
             metrics[f"uncertainty/{kind}"].update(values)
         for name, metric in metrics.items():
-            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True,
-                     prog_bar=name == "acc", batch_size=len(y))
+            self.log(
+                f"{stage}/{name}",
+                metric,
+                on_step=False,
+                on_epoch=True,
+                prog_bar=name == "acc",
+                batch_size=len(y),
+            )
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "val")

@@ -43,7 +43,9 @@ class LeNet5(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
         if input_size < 16:
-            raise ValueError(f"LeNet5 needs images of at least 16x16 pixels, got input_size={input_size}.")
+            raise ValueError(
+                f"LeNet5 needs images of at least 16x16 pixels, got input_size={input_size}."
+            )
         mean = mean if mean is not None else [0.1307] * in_channels
         std = std if std is not None else [0.3081] * in_channels
         self.in_channels = in_channels
