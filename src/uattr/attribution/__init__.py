@@ -20,7 +20,9 @@ from uattr.attribution.gradients import (
     gaussian_blur,
     integration_rule,
 )
+from uattr.attribution.iba import FeatureEstimator, PerSampleBottleneck
 from uattr.attribution.random_map import RandomMap
+from uattr.attribution.readout import Readout, ReadoutBottleneck
 from uattr.attribution.registry import METHODS, build_method, default_cam_layer
 from uattr.attribution.ua_backprop import Contributions, UABackprop
 
@@ -31,12 +33,16 @@ __all__ = [
     "Contributions",
     "ContrastCAM",
     "CounterfactualCAM",
+    "FeatureEstimator",
     "FullGrad",
     "FullGradientDecomposition",
     "GradCAM",
     "Gradient",
     "IntegratedGradients",
+    "PerSampleBottleneck",
     "RandomMap",
+    "Readout",
+    "ReadoutBottleneck",
     "SmoothGrad",
     "Target",
     "UABackprop",

@@ -1,8 +1,9 @@
-"""LightningModules: the Bayesian and evidential classifiers, and safe checkpoint loading."""
+"""LightningModules: Bayesian and evidential classifiers, the readout bottleneck, checkpoints."""
 
 from uattr.lit.bayesian import BayesianClassifier
 from uattr.lit.checkpoint import load_checkpoint, saved_config
 from uattr.lit.evidential import EvidentialClassifier
+from uattr.lit.readout import ReadoutBottleneckModule
 from uattr.lit.routine import ClassifierRoutine, Prediction
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "ClassifierRoutine",
     "EvidentialClassifier",
     "Prediction",
+    "ReadoutBottleneckModule",
     "load_checkpoint",
     "saved_config",
 ]
