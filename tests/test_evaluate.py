@@ -1,0 +1,213 @@
+"""evaluate.py end to end on a briefly trained checkpoint, and the pieces of the report."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import ROOT, run_train_py
+
+import evaluate
+from uattr.bayes import MCDropout
+from uattr.evaluation import (
+    ABLATION_GRIDS,
+    UA_DEFAULT,
+    EvaluationSettings,
+    _method_rows,
+    ablation_size,
+    above_median,
+    blur_scores_per_image,
+)
+from uattr.metrics import BlurringTest, blurring_curves
+from uattr.metrics.blurring import _count_grid
+from uattr.models import LeNet5
+from uattr.report import markdown_table, paper_claim
+
+DEFAULT = ROOT / "configs" / "mnist5k_lenet_mcdropout.yaml"
+#: enough training to give a model with real (non-degenerate) uncertainties, in a few seconds
+BRIEF = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=15",
+         "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0",
+         "--trainer.logger=false"]
+QUICK_METHODS = ["ua_backprop", "gradient", "fullgrad", "random", "contrast_cam"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    run_train_py(["fit", "--config", str(DEFAULT), *BRIEF], cwd=workdir)
+    ckpt = workdir / "checkpoints" / "mnist5k_lenet_mcdropout" / "last.ckpt"
+    assert ckpt.is_file()
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def report(checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report") / "quick"
+    code = evaluate.main(["--ckpt", str(checkpoint), "--out", str(out), "--quick",
+                          "--methods", *QUICK_METHODS, "--no-progress",
+                          "--accelerator", "cpu"])
+    assert code == 0
+    return out
+
+
+def test_report_folder_has_every_file(report):
+    for name in ("metrics.json", "report.md", "reliability.png", "maps_epistemic.png",
+                 "maps_anomaly.png", "blurring_curves.png", "degradation_curves.png",
+                 "ablation.png"):
+        path = report / name
+        assert path.is_file() and path.stat().st_size > 0, name
+    for png in report.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png.name
+
+
+def test_metrics_json_has_the_expected_keys(report):
+    m = json.loads((report / "metrics.json").read_text())
+    for key in ("checkpoint", "model", "data", "config", "settings", "rows", "calibration",
+                "ood", "ablation", "blurring", "anomaly", "degradation", "claim", "timing",
+                "figures"):
+        assert key in m, key
+    assert m["settings"]["headline_kind"] == "epistemic"
+    for key in ("acc", "nll", "ece", "brier"):
+        assert math.isfinite(m["calibration"][key])
+    assert 0.0 <= m["calibration"]["acc"] <= 1.0
+    assert set(m["blurring"]) == {"epistemic", "total", "aleatoric"}
+    epistemic = m["blurring"]["epistemic"]["methods"]
+    # UA-Backprop rows, and contrast_cam (class targets only) absent from uncertainty tables
+    assert "ua_backprop" in epistemic and "contrast_cam" not in epistemic
+    assert "contrast_cam" in m["degradation"]["methods"]
+    for row in epistemic.values():
+        for key in ("murr@2%", "auc_urr@2%", "murr@5%", "auc_urr@5%", "murr_step@2%",
+                    "auc_urr_step@2%", "num_images"):
+            assert math.isfinite(row[key]), key
+        assert 0.0 <= row["murr@2%"] <= row["murr@5%"] <= 1.0  # a larger budget never hurts
+    for row in m["anomaly"]["methods"].values():
+        assert set(row) >= {"iou", "ada", "pointing_game", "bbox_ratio"}
+    for shift in ("rotation 90", "rotation 180"):
+        assert set(m["ood"][shift]) >= {"total", "aleatoric", "epistemic"}
+        assert 0.0 <= m["ood"][shift]["epistemic"]["auroc"] <= 1.0
+    assert m["timing"]["total"]["wall_s"] > 0
+
+
+def test_ablation_runs_on_the_validation_split_and_selects_its_best(report):
+    m = json.loads((report / "metrics.json").read_text())
+    ab = m["ablation"]
+    assert ab["split"] == "val" and ab["grid"] == "quick"
+    assert len(ab["settings"]) == ablation_size("quick")
+    best = max(s["scores"]["murr@2%"]["mean"] for s in ab["settings"])
+    chosen = [s for s in ab["settings"] if s["kwargs"] == ab["selected"]]
+    assert chosen and chosen[0]["scores"]["murr@2%"]["mean"] == best
+    keys = [r["key"] for r in m["rows"]]
+    assert "ua_backprop" in keys  # the default setting row is always reported
+    if ab["selected"] != UA_DEFAULT:
+        assert "ua_backprop_selected" in keys
+
+
+def test_report_md_holds_the_paper_style_tables(report):
+    text = (report / "report.md").read_text()
+    for needle in ("## Summary: the UA-Backprop paper's MNIST claim", "MURR@2% ↑",
+                   "AUC-URR@5% ↓", "Budget reading", "Step reading", "paper, MNIST",
+                   "0.648", "0.506", "IoU ↑", "ADA ↑", "LeRF − MoRF ↑", "AUROC ↑",
+                   "UA-Backprop ablation (validation split)", "![reliability.png]"):
+        assert needle in text, needle
+    assert "does not hold" in text or "holds" in text
+
+
+def test_bad_method_name_and_missing_config_fail_cleanly(checkpoint, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert evaluate.main(["--ckpt", str(checkpoint), "--out", str(out),
+                          "--methods", "gradient", "no_such_method"]) == 2
+    assert "unknown attribution method(s) 'no_such_method'" in capsys.readouterr().err
+    assert evaluate.main(["--ckpt", str(checkpoint), "--out", str(out),
+                          "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "no config file" in capsys.readouterr().err
+    assert not out.exists()
+
+
+# ---- pieces ------------------------------------------------------------------------------
+@pytest.fixture
+def posterior():
+    torch.manual_seed(0)
+    return MCDropout(LeNet5(dropout=0.5), num_samples=4, seed=0).eval()
+
+
+@pytest.mark.parametrize("budget_only", [False, True])
+def test_per_image_blur_scores_average_to_the_blurring_test(posterior, budget_only):
+    torch.manual_seed(1)
+    x, maps = torch.rand(5, 1, 28, 28), torch.rand(5, 28, 28)
+    fractions = (0.02, 0.05)
+    metric = BlurringTest("epistemic", fractions, selection="all")
+    metric.update(posterior, x, maps)
+    expected = metric.compute()
+    if budget_only:
+        u = blurring_curves(posterior, x, maps, torch.arange(40), "epistemic")
+    else:
+        u = torch.cat(metric.u_curves)
+        assert u.shape[1] == _count_grid(784, fractions)["grid"].numel()
+    scores = blur_scores_per_image(u, 784, fractions)
+    assert set(scores) >= {"murr@2%", "auc_urr@2%", "murr@5%", "auc_urr@5%"}
+    assert ("murr_step@2%" in scores) is not budget_only
+    for key, values in scores.items():
+        torch.testing.assert_close(values.mean(), expected[key], rtol=1e-9, atol=1e-12)
+
+
+def test_blur_scores_reject_curves_of_another_length():
+    with pytest.raises(ValueError, match="budget counts"):
+        blur_scores_per_image(torch.rand(3, 17), 784, (0.02, 0.05))
+
+
+def test_above_median_is_the_numpy_rule():
+    u = torch.tensor([0.1, 0.4, 0.2, 0.3], dtype=torch.float64)
+    assert above_median(u).tolist() == [1, 3]  # median 0.25
+
+
+def test_ablation_size_counts_distinct_settings():
+    full = ABLATION_GRIDS["full"]
+    assert ablation_size("full") == len(full["psi_tau2"]) + 2 + 1 == 10
+    assert ablation_size("quick") == 4
+
+
+def test_method_rows_keep_the_default_and_add_the_selected_setting():
+    selected = {**UA_DEFAULT, "tau1": 1.0}
+    rows = _method_rows(["ua_backprop", "gradient"],
+                        {"selected": selected, "selected_name": "x"})
+    assert [r.key for r in rows] == ["ua_backprop_selected", "ua_backprop", "gradient"]
+    assert rows[0].kwargs == selected and rows[1].kwargs == UA_DEFAULT
+    same = _method_rows(["ua_backprop"], {"selected": dict(UA_DEFAULT), "selected_name": "x"})
+    assert [r.key for r in same] == ["ua_backprop"] and "val-selected" in same[0].label
+
+
+@pytest.mark.parametrize("bad", [dict(blur_images=0), dict(ablation_grid="huge"),
+                                 dict(methods=("gradient", "nope")), dict(fractions=(0.0,))])
+def test_settings_reject_bad_values(bad):
+    with pytest.raises(ValueError):
+        EvaluationSettings(**bad).check()
+
+
+def _claim_results(ua: float, grad: float) -> dict:
+    def row(murr: float) -> dict:
+        return {"murr@2%": murr, "murr@5%": murr + 0.1, "auc_urr@2%": 1 - murr,
+                "auc_urr@5%": 1 - murr, "murr_step@2%": murr, "murr_step@5%": murr,
+                "auc_urr_step@2%": 1 - murr, "auc_urr_step@5%": 1 - murr}
+
+    return {"settings": {"headline_kind": "epistemic", "fractions": [0.02, 0.05]},
+            "blurring": {"epistemic": {"methods": {"ua_backprop": row(ua),
+                                                   "gradient": row(grad),
+                                                   "random": row(0.01)}}}}
+
+
+def test_paper_claim_logic():
+    holds = paper_claim(_claim_results(ua=0.6, grad=0.5))
+    assert holds["applicable"] and holds["holds_anywhere"]
+    assert holds["missing"] == ["fullgrad", "integrated_gradients"]
+    assert all(holds["holds"].values())
+    fails = paper_claim(_claim_results(ua=0.1, grad=0.2))
+    assert not fails["holds_anywhere"]
+    failed = [c for c in fails["checks"]["ua_backprop/budget"] if not c["holds"]]
+    assert {c["competitor"] for c in failed} == {"gradient"} and len(failed) == 4
+
+
+def test_markdown_table_formats_numbers_and_gaps():
+    text = markdown_table(["a", "b"], [["x", 0.12345], ["y", float("nan")]])
+    assert text.splitlines() == ["| a | b |", "|---|---|", "| x | 0.123 |", "| y | — |"]
