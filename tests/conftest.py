@@ -39,17 +39,24 @@ def run_train_py(args: list[str], cwd: Path, timeout: float = 600) -> subprocess
 def trained_mc_dropout():
     """A LeNet-5 MC-dropout classifier (S = 20) trained 3 epochs on mnist5k (~97% accuracy),
     in eval mode, and its data module (set up). Shared by the tests that need a real model."""
-    from lightning.pytorch import Trainer, seed_everything
-
-    from uattr.data import MNIST5k
     from uattr.lit import BayesianClassifier
     from uattr.models import LeNet5
 
+    return train_on_mnist5k(lambda: BayesianClassifier(LeNet5(dropout=0.25), num_samples=20), 3)
+
+
+def train_on_mnist5k(make_module, epochs: int):
+    """Seed everything, build ``make_module()``, fit it ``epochs`` epochs on mnist5k (no
+    validation, no logs); return (the module in eval mode, its data module, set up for test)."""
+    from lightning.pytorch import Trainer, seed_everything
+
+    from uattr.data import MNIST5k
+
     seed_everything(0)
-    module = BayesianClassifier(LeNet5(dropout=0.25), num_samples=20)
+    module = make_module()
     data = MNIST5k(batch_size=64, seed=0)
     trainer = Trainer(
-        max_epochs=3,
+        max_epochs=epochs,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,

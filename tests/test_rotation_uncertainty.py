@@ -5,29 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from conftest import train_on_mnist5k
 
 from uattr.bayes import model_uncertainties
 from uattr.data import MNIST5k, Rotation
 from uattr.lit import EvidentialClassifier
 from uattr.models import LeNet5
-
-
-def _train(module, epochs: int):
-    seed_everything(0)
-    data = MNIST5k(batch_size=64, seed=0)
-    trainer = Trainer(
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        accelerator="cpu",
-        devices=1,
-    )
-    trainer.fit(module, datamodule=data)
-    return module.eval(), data
 
 
 def _mean_uncertainty(posterior, images: torch.Tensor, kind: str) -> float:
@@ -50,8 +33,9 @@ def test_rotation_raises_model_uncertainty(name, kind, epochs, validation_images
     if name == "mc_dropout":
         module, _ = request.getfixturevalue("trained_mc_dropout")  # LeNet-5, S = 20, 3 epochs
     else:
-        module = EvidentialClassifier(LeNet5(dropout=0.0), evidence="exp")  # as the config
-        module, _ = _train(module, epochs)
+        module, _ = train_on_mnist5k(  # exp evidence, as the config
+            lambda: EvidentialClassifier(LeNet5(dropout=0.0), evidence="exp"), epochs
+        )
     upright = _mean_uncertainty(module.posterior, validation_images, kind)
     for angle in (90, 180):
         rotated = _mean_uncertainty(module.posterior, Rotation(angle)(validation_images), kind)
