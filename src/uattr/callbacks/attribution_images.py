@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
+from PIL import Image
 from torch import nn
 
 from uattr.attribution.base import Attribution
@@ -169,7 +170,7 @@ class AttributionImages(ProbeCallback):
         with evaluating(posterior), torch.no_grad():
             predicted = predictive_distribution(posterior, x).argmax(-1)
         rows = [
-            f"y={int(y)} ŷ={int(p)}\n{self.uncertainty[:3]}={float(v):.3f}"
+            f"y={int(y)} pred={int(p)}\n{self.uncertainty[:3]}={float(v):.3f}"
             for y, p, v in zip(probe.labels, predicted, u, strict=True)
         ]
         return render_grid(x, maps, rows, title)
@@ -183,14 +184,13 @@ class AttributionImages(ProbeCallback):
         probe = self.probe(trainer, stage, world_size=1)
         epoch, step = trainer.current_epoch, trainer.global_step
         fig = self._figure(posterior, probe, pl_module.device, f"{stage} epoch {epoch} step {step}")
+        array = _figure_to_array(fig)  # rendered once, for the PNG and TensorBoard
         path = log_dir / "attributions" / stage / f"epoch_{epoch:03d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
+        Image.fromarray(array).save(path)
         self.saved.append(path)
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-        if loggers:
-            array = _figure_to_array(fig)
-            for logger in loggers:
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image(
                     f"{stage}/attributions", array, global_step=step, dataformats="HWC"
                 )

@@ -84,10 +84,11 @@ class AttributionMetrics(ProbeCallback):
     ``random`` method's map of a probe item is seeded by (its seed, the item's dataset index)
     rather than by its position in a batch, for the same reason.
 
-    Cost (LeNet-5, S = 20, 28x28, 2 CPU cores): the blurring test scores ~100 blurred copies per
-    image and dominates; defaults (24 probe images, so 12 blurred per method, every 5 epochs)
-    keep ``fit`` of the default experiment within its benchmark budget
-    (``benchmarks/callbacks.py``). Heavy protocols belong to ``evaluate.py``.
+    Cost: the blurring test scores ~100 blurred copies per image and dominates. The defaults
+    (16 probe images, so 8 blurred per method; every 5 epochs; three methods) were chosen with
+    ``benchmarks/callbacks.py`` so that ``fit`` of the default experiment stays within 1.5x its
+    time without callbacks on a 2-core CPU (LeNet-5, S = 20: ~1.7 s per run). Full protocols
+    belong to ``evaluate.py``.
 
     Args:
         methods: attribution method names (class-only methods such as ``contrast_cam`` cannot
@@ -117,7 +118,7 @@ class AttributionMetrics(ProbeCallback):
         methods: Sequence[str] = ("ua_backprop", "gradient", "random"),
         uncertainty: str = "epistemic",
         every_n_epochs: int = 5,
-        probe_size: int = 24,
+        probe_size: int = 16,
         probe_seed: int = 0,
         blurring: dict[str, Any] | bool | None = True,
         anomaly: dict[str, Any] | bool | None = True,

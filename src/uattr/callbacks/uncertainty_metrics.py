@@ -84,7 +84,7 @@ class UncertaintyMetrics(ProbeCallback):
         | None = "default",
         rotation_angles: Sequence[float] = (0, 45, 90, 135, 180),
         every_n_epochs: int = 5,
-        probe_size: int = 128,
+        probe_size: int = 64,
         probe_seed: int = 0,
         batch_size: int = DEFAULT_CHUNK,
     ) -> None:
