@@ -6,9 +6,10 @@ Both modules train the same LeNet-5 on the same in-memory mnist5k batches with t
 images/s counts only the time inside training batches (a callback times them), the median over
 repeats, alternating the two modules so machine noise hits both alike. The target is a ratio
 >= 0.9: the Bayesian routine's bookkeeping (input checks, metrics) must cost little. Then the cost
-of ``MCDropout.sample_logits`` (S = 20, one batched forward of S*B rows with fixed masks) as a
-multiple of one plain forward of the B-image batch (the floor is about S) and of a plain forward
-of S*B rows (the floor is 1: the fixed-mask hooks' overhead).
+of ``MCDropout.sample_logits`` (S = 20, fixed masks) as a multiple of one plain forward of the
+B-image batch and of a plain forward of S*B rows, with the shared prefix (the default: the layers
+before the first dropout run on B rows, the rest on S*B) and without it (``share_prefix=False``:
+every layer on S*B rows, so about 1 x the S*B-row forward plus the hooks' overhead).
 """
 
 from __future__ import annotations
@@ -136,12 +137,14 @@ def main() -> None:
     )
     backbone = LeNet5().to(device).eval()
     posterior = MCDropout(backbone, num_samples=20, seed=0)
+    expanded = MCDropout(backbone, num_samples=20, seed=0, share_prefix=False)
     batch = torch.rand(args.batch_size, 1, 28, 28, device=device)
     big = batch.repeat(20, 1, 1, 1)
     with torch.no_grad():
         t_plain = median_time(lambda: backbone(batch), device=args.device)
         t_big = median_time(lambda: backbone(big), device=args.device)
         t_sample = median_time(lambda: posterior.sample_logits(batch), device=args.device)
+        t_expanded = median_time(lambda: expanded.sample_logits(batch), device=args.device)
 
     p, b = statistics.median(plain), statistics.median(bayes)
     print(
@@ -159,10 +162,11 @@ def main() -> None:
     print("|---|---|---|")
     print(f"| plain forward, B rows | {t_plain * 1e3:.2f} ms | 1.00 |")
     print(f"| plain forward, S*B rows | {t_big * 1e3:.2f} ms | {t_big / t_plain:.2f} |")
-    print(
-        f"| MCDropout.sample_logits, S=20 | {t_sample * 1e3:.2f} ms | {t_sample / t_plain:.2f} "
-        f"({t_sample / t_big:.2f} x the S*B-row forward) |"
-    )
+    for label, t in (("shared prefix", t_sample), ("share_prefix=False", t_expanded)):
+        print(
+            f"| MCDropout.sample_logits, S=20, {label} | {t * 1e3:.2f} ms | {t / t_plain:.2f} "
+            f"({t / t_big:.2f} x the S*B-row forward) |"
+        )
 
 
 if __name__ == "__main__":

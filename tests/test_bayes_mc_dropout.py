@@ -120,6 +120,71 @@ def test_expanded_inputs_give_the_same_logits(lenet):
         post.sample_logits_expanded(xs[:5])
 
 
+class ResidualAroundDropout(nn.Module):
+    """fc1 -> dropout -> fc2, plus fc1's output added after the dropout (a skip around it)."""
+
+    in_channels = 1
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(16, 8)
+        self.drop = nn.Dropout(0.5)
+        self.fc2 = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.fc1(x.flatten(1))
+        return self.fc2(self.drop(h) + h)
+
+
+class TwoBranches(nn.Module):
+    """Two parallel branches with their own dropout, summed."""
+
+    in_channels = 1
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 3)
+        self.drop_a = nn.Dropout(0.5)
+        self.drop_b = nn.Dropout(0.5)
+
+    def forward(self, x):
+        h = self.fc(x.flatten(1))
+        return self.drop_a(h) + self.drop_b(h)
+
+
+def test_shared_prefix_equals_the_full_expansion(lenet):
+    """The default forward runs the layers before the first dropout on B rows and expands there;
+    logits and input gradients equal running all S*B rows through every layer."""
+    shared, full = MCDropout(lenet, num_samples=5), MCDropout(lenet, 5, share_prefix=False)
+    assert shared.share_prefix and not full.share_prefix
+    seen = []
+    handle = lenet.conv2.register_forward_hook(lambda m, i, o: seen.append(o.shape[0]))
+    x = _images(b=3).requires_grad_(True)
+    a = shared.sample_logits(x)
+    (ga,) = torch.autograd.grad(decompose_logits(a).epistemic.sum(), x)
+    b = full.sample_logits(x)
+    (gb,) = torch.autograd.grad(decompose_logits(b).epistemic.sum(), x)
+    handle.remove()
+    assert seen == [3, 15]  # conv2 (before any dropout): B rows shared, S*B rows expanded
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-7)
+    assert ga.abs().sum() > 0
+    # One image is a valid broadcast of the pre-dropout tensors, also for a skip connection.
+    net = ResidualAroundDropout()
+    torch.testing.assert_close(
+        MCDropout(net, 4).sample_logits(_images(b=1, size=4)),
+        MCDropout(net, 4, share_prefix=False).sample_logits(_images(b=1, size=4)),
+    )
+
+
+def test_shared_prefix_errors_name_the_way_out():
+    for net in (ResidualAroundDropout(), TwoBranches()):
+        with pytest.raises(RuntimeError, match="share_prefix=False"):
+            MCDropout(net, num_samples=4).sample_logits(_images(b=2, size=4))
+        logits = MCDropout(net, 4, share_prefix=False).sample_logits(_images(b=2, size=4))
+        assert logits.shape == (4, 2, 3)
+
+
 def test_modes_restored_exactly_and_batchnorm_uses_running_stats():
     torch.manual_seed(0)
     net = ConvNet()

@@ -195,7 +195,8 @@ class DeepEnsemble(nn.Module):
                 )
         else:
             logits = torch.stack([member(xs[i]) for i, member in enumerate(self.members)])
-        if logits.dim() != 3 or logits.shape[:2] != xs.shape[:2]:
+        # A member may return a multiple of B rows when a hook adds copies (the IBA bottleneck).
+        if logits.dim() != 3 or logits.shape[0] != xs.shape[0] or logits.shape[1] % xs.shape[1]:
             raise RuntimeError(
                 f"each member must return logits [B, K]; the stacked output has shape "
                 f"{tuple(logits.shape)} for inputs of shape {tuple(xs.shape[1:])}."

@@ -80,9 +80,12 @@ def check_uncertainty_kind(model: nn.Module, kind: str) -> str:
     return kind
 
 
-def sample_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def sample_logits(model: nn.Module, x: torch.Tensor, copies: int = 1) -> torch.Tensor:
     """Posterior logit samples [S, B, K]: a sampling posterior's S samples, or a plain model's
     logits as S = 1.
+
+    ``copies``: the forward returns ``copies * B`` rows per sample because a hook inside the model
+    makes copies of every image (the IBA bottleneck); the result is then [S, copies * B, K].
 
     Raises:
         ValueError: for an evidential model, which has a Dirichlet instead of logit samples.
@@ -95,18 +98,19 @@ def sample_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         )
     if kind == "sampling":
         logits = model.sample_logits(x)
-        if logits.dim() != 3 or logits.shape[1] != x.shape[0]:
+        if logits.dim() != 3 or logits.shape[1] != copies * x.shape[0]:
             raise RuntimeError(
                 f"{type(model).__name__}.sample_logits must return [S, B, K] with B = "
-                f"{x.shape[0]}, got shape {tuple(logits.shape)}."
+                f"{copies * x.shape[0]}, got shape {tuple(logits.shape)}."
             )
         return logits
     check_images(x, getattr(model, "in_channels", None), name=f"{type(model).__name__} inputs")
     logits = model(x)
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+    rows = copies * x.shape[0]
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != rows:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise RuntimeError(
-            f"{type(model).__name__} must return logits [B, K] with B = {x.shape[0]}, got {shape}."
+            f"{type(model).__name__} must return logits [B, K] with B = {rows}, got {shape}."
         )
     return logits.unsqueeze(0)
 
