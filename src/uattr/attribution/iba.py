@@ -122,12 +122,19 @@ def capacity_map(cap: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 # ---- what the bottleneck explains ----------------------------------------------------------------
-def forward_posterior(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """One forward of any model kind: logits [S, B, K] (a sampling posterior, or a plain model as
-    S = 1) or, for an evidential model, the Dirichlet alpha [B, K]."""
+def forward_posterior(model: nn.Module, x: torch.Tensor, copies: int = 1) -> torch.Tensor:
+    """One forward of any model kind: logits [S, N, K] (a sampling posterior, or a plain model as
+    S = 1) or, for an evidential model, the Dirichlet alpha [N, K]; N = ``copies * B`` when a
+    bottleneck inside the model makes ``copies`` copies of each image (else N = B)."""
     if is_evidential(model):
-        return model.alpha(x)
-    return sample_logits(model, x)
+        alpha = model.alpha(x)
+        if alpha.dim() != 2 or alpha.shape[0] != copies * x.shape[0]:
+            raise RuntimeError(
+                f"{type(model).__name__}.alpha must return [N, K] with N = "
+                f"{copies * x.shape[0]}, got shape {tuple(alpha.shape)}."
+            )
+        return alpha
+    return sample_logits(model, x, copies)
 
 
 def log_predictive(model: nn.Module, out: torch.Tensor) -> torch.Tensor:
@@ -174,9 +181,9 @@ class FeatureEstimator:
     Welford's running update, merged batch by batch (Chan et al.), in float64; the std is the
     unbiased ``sqrt(M2 / (n - 1))`` of the IBA library's ``TorchWelfordEstimator``. Statistics are
     kept per *stream*, one per layer, keyed by the layer's dotted name in the model that was
-    estimated (``"backbone.conv2"`` for an MCDropout around a LeNet5). A posterior's S copies of a
-    row all count as samples (for a layer before the first dropout they are identical, which leaves
-    mean and std as they are up to the n / (n - 1) factor).
+    estimated (``"backbone.conv2"`` for an MCDropout around a LeNet5). Every row the layer sees
+    counts as a sample: one per image for a layer before MCDropout's first dropout (run once for
+    all S samples), S per image after it.
 
     Use :meth:`estimate` to fill one from data, :meth:`save` / :meth:`load` to reuse it (plain
     tensors and ints: loads with ``torch.load(weights_only=True)``).
@@ -402,12 +409,15 @@ class Bottleneck:
         layers: ``(name, module)`` pairs (:func:`named_layers`); each must output [N, C, h, w].
         mean, std: per layer, mu_R and sigma_R [C, h, w] (std already floored at ``min_std``).
 
-    Row layout. The model is called on ``copies`` stacked copies of a batch of B images
-    (copy-major: row ``k * B + b``). A hooked layer sees ``P * copies * B`` rows, P >= 1 being the
-    posterior's sample-major repetition (MCDropout: P = S; ensemble members, plain models: P = 1).
-    Image b gets ``lam[b]`` in every copy and every posterior sample; the noise is shared by the P
-    posterior samples (one draw of Z goes through every sample, so the loss sees the posterior
-    predictive of that Z).
+    Row layout. The model is called once on the B images. A hooked layer sees ``P * B`` rows, P >= 1
+    being the posterior's sample-major repetition (1 before MCDropout's first dropout, whose shared
+    prefix runs once for all samples; S after it; 1 for ensemble members and plain models), and
+    returns ``P * copies * B`` rows, [P, copies, B] flattened: the noisy copies are made at the
+    bottleneck, so the layers before it run once per image instead of once per copy, and every
+    later layer sees the copies (copy-major within a posterior sample: row ``k * B + b``). The
+    model's output has ``copies * B`` rows per posterior sample. Image b gets ``lam[b]`` in every
+    copy and every posterior sample; the noise is shared by the P posterior samples (one draw of Z
+    goes through every sample, so the loss sees the posterior predictive of that Z).
     """
 
     def __init__(
@@ -437,11 +447,11 @@ class Bottleneck:
             lam: the mask [B, C, h, w]; ``None`` only records R and leaves the outputs unchanged.
             noise: standard-normal draws broadcastable to [copies, B, C, h, w]; eps = mu + std *
                 noise. Required with ``lam``.
-            copies: how many copies of the B images the model is called on.
+            copies: how many noisy copies of each image the hooked layers return.
 
-        Each record's R is the layer's output for the first copy, detached, [P, B, C, h, w] (the
-        copies' R are identical: the noise enters at this layer), or [1, B, C, h, w] when the P
-        posterior copies are identical too (a layer before the first dropout).
+        Each record's R is the layer's output, detached, [P, B, C, h, w], or [1, B, C, h, w] when
+        the P posterior copies are identical (a layer before the first dropout of an MCDropout
+        with ``share_prefix=False``).
         """
         if lam is not None and noise is None:
             raise ValueError("Bottleneck.inserted needs noise whenever lam is given.")
@@ -457,11 +467,11 @@ class Bottleneck:
                         f"it returned {shape}. Pick a convolutional layer."
                     )
                 rows = output.shape[0]
-                if rows % (copies * batch_size):
+                if rows % batch_size:
                     raise RuntimeError(
                         f"the bottleneck layer {name!r} saw {rows} rows, not a multiple of "
-                        f"copies x B = {copies} x {batch_size}; the layer must see every image "
-                        "in batch-first, sample-major order."
+                        f"B = {batch_size}; the layer must see every image in batch-first, "
+                        "sample-major order."
                     )
                 mean = self.mean[index].to(device=output.device, dtype=output.dtype)
                 std = self.std[index].to(device=output.device, dtype=output.dtype)
@@ -471,19 +481,19 @@ class Bottleneck:
                         f"statistics have shape {tuple(mean.shape)}; re-estimate them for this "
                         "model and input size."
                     )
-                p = rows // (copies * batch_size)
-                r = output.detach().reshape(p, copies, batch_size, *output.shape[1:])
-                # Before the first dropout the P posterior copies are identical: keep one, so the
-                # capacity and Z are computed once (the noise is shared by the P copies anyway).
-                same = p > 1 and torch.equal(r[:, 0], r[:1, 0].expand_as(r[:, 0]))
-                if same:
+                p = rows // batch_size
+                r = output.detach().reshape(p, batch_size, *output.shape[1:])
+                # Identical posterior copies: keep one, so the capacity and Z are computed once
+                # (the noise is shared by the P copies anyway).
+                if p > 1 and torch.equal(r, r[:1].expand_as(r)):
                     r = r[:1]
-                records.append((index, r[:, 0]))
+                records.append((index, r))
                 if lam is None:
                     return None
                 eps = mean + std * noise
-                z = lam * r + (1 - lam) * eps
-                return z.expand(p, *z.shape[1:]).reshape(output.shape)
+                z = lam * r[:, None] + (1 - lam) * eps  # [P or 1, copies, B, C, h, w]
+                z = z.expand(p, *z.shape[1:])
+                return z.reshape(p * copies * batch_size, *output.shape[1:])
 
             return hook
 
@@ -524,13 +534,14 @@ class PerSampleBottleneck(Attribution):
     forward pass (alpha after ``steps - 1`` updates: the IBA library's last update is never
     evaluated, so it is skipped) via :func:`capacity_map`, [B, H, W] in bits, >= 0.
 
-    Batched: all B images and their noise copies (B * noise_samples rows, times S for a sampling
-    posterior) go through one forward per step. The loss is a *sum* over images of per-image terms
-    (each a mean over its own noise copies and its own C*h*w capacities), and Adam normalises each
-    alpha element by its own gradient history, so every image follows exactly the trajectory it
-    would follow alone. The standard-normal noise [steps, noise_samples, C, h, w] is drawn from a
-    CPU generator seeded with ``seed`` and shared by every image, so a map depends only on its image
-    and the seed, never on the batch's other images or the image's position.
+    Batched: all B images go through one forward per step; the layers before the bottleneck see
+    the B images once, the bottleneck makes the noise copies (B * noise_samples rows, times S after
+    MCDropout's first dropout, for every later layer). The loss is a *sum* over images of
+    per-image terms (each a mean over its own noise copies and its own C*h*w capacities), and Adam
+    normalises each alpha element by its own gradient history, so every image follows exactly the
+    trajectory it would follow alone. The standard-normal noise [steps, noise_samples, C, h, w]
+    is drawn from a CPU generator seeded with ``seed`` and shared by every image, so a map depends
+    only on its image and the seed, never on the batch's other images or the image's position.
 
     Targets (per image, then summed):
 
@@ -707,13 +718,13 @@ class PerSampleBottleneck(Attribution):
         alpha = torch.full((b, *shape), self.alpha_init, device=x.device, dtype=x.dtype)
         alpha.requires_grad_(True)
         optimizer = torch.optim.Adam([alpha], lr=self.lr)
-        xs = x.repeat(n, 1, 1, 1)  # copy-major rows k * B + b
         ref = None if reference is None else reference.repeat(n)
         records: list[tuple[int, torch.Tensor]] | None = None
         for step in range(self.steps - 1):
             lam = gaussian_smoothing(torch.sigmoid(alpha), self.sigma)
+            # The bottleneck makes the n noisy copies: output rows k * B + b (copy-major).
             with bottleneck.inserted(b, lam, noise[step][:, None], copies=n) as rec:
-                out = forward_posterior(self.model, xs)
+                out = forward_posterior(self.model, x, copies=n)
             records = rec
             model_loss = self.model_loss(out, targets, ref).view(n, b).mean(0)
             information = bottleneck.capacity(records, lam).flatten(1).mean(1)
