@@ -32,6 +32,7 @@ from uattr.attribution.bias_gradients import (
     gradients,
     upsample,
 )
+from uattr.attribution.conv_input_grad import small_input_conv_gradients
 from uattr.bayes.posterior import check_uncertainty_kind
 from uattr.modes import evaluating
 from uattr.validation import check_images
@@ -86,7 +87,7 @@ def _full_gradients(
     if isinstance(target, str):
         check_uncertainty_kind(model, target)
     leaf = x.detach().requires_grad_(True)
-    with capture_bias_outputs(model) as sites:
+    with small_input_conv_gradients(model), capture_bias_outputs(model) as sites:
         output = explained_output(model, leaf, target)
     if output.shape != (x.shape[0],):
         raise RuntimeError(

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from uattr.attribution.base import Attribution, Target, check_target, explained_output
+from uattr.attribution.conv_input_grad import small_input_conv_gradients
 from uattr.modes import evaluating
 from uattr.validation import check_images
 
@@ -64,7 +65,8 @@ def _repeat_target(target: Target, copies: int) -> Target:
 def _output_gradient(model: nn.Module, rows: torch.Tensor, target: Target) -> torch.Tensor:
     """dF/d(rows) for rows [N, C, H, W] (each row's own output; rows are independent)."""
     rows = rows.detach().requires_grad_(True)
-    y = explained_output(model, rows, target)
+    with small_input_conv_gradients(model):
+        y = explained_output(model, rows, target)
     if y.shape != (rows.shape[0],):
         raise RuntimeError(
             f"the explained output must have shape [N] = [{rows.shape[0]}], got {tuple(y.shape)}."

@@ -22,15 +22,17 @@ C. z -> x (POSTER formula, FullGrad-style): per (s, i) the map
 M(x) = (1/S) sum_{s,i} U_{z_i^s} M_i^s, so sum_pixels M(x) = U (completeness), M >= 0, and, as
 c and psi do not depend on the uncertainty kind, M_total = M_aleatoric + M_epistemic.
 
-Cost: one forward of the S*B rows plus K input backwards. By default the K backwards are ONE
-``torch.autograd.grad(..., is_grads_batched=True)`` call over K one-hot cotangents, and every bias
-map comes out of the same backward (research/performance.md sections 2-3); ``class_chunk`` splits
-it into calls of fewer classes (``1``: a plain loop over classes, the least memory).
-``is_grads_batched`` runs on torch's legacy vmap, which (torch 2.14) has no batching rule for
-``convolution_backward`` or ``max_pool2d_with_indices_backward`` and loops over the K slices inside
-those ops, so on CPU it is no faster than ``class_chunk=1`` and takes ~K x the activation-gradient
-memory (benchmarks/attribution.py). ``naive=True`` is the reference: one B-row forward per sample
-and one backward per (s, i).
+Cost: one forward of the S*B rows plus K input backwards, each of which also gives every bias
+map (research/performance.md sections 2-3). By default (``class_chunk=1``) the K backwards are a
+loop of plain ``torch.autograd.grad`` calls, one one-hot cotangent per class, each map folded into
+the running sum at once. ``class_chunk=k > 1`` makes them ``torch.autograd.grad(...,
+is_grads_batched=True)`` calls over k cotangents; that runs on torch's legacy vmap, which (torch
+2.14) has no batching rule for ``convolution_backward`` or ``max_pool2d_with_indices_backward`` and
+loops over the slices inside those ops, so on CPU it was ~2x slower than the loop at ~k x the
+activation-gradient memory (benchmarks/attribution.py); try it on a GPU. The input gradient of a
+first convolution takes the faster CPU route of
+:func:`~uattr.attribution.conv_input_grad.small_input_conv_gradients`. ``naive=True`` is the
+reference: one B-row forward per sample and one plain-autograd backward per (s, i).
 
 What the paper leaves open (UNCONFIRMED; all are constructor options):
 
@@ -193,13 +195,13 @@ def logit_contributions(per_class: torch.Tensor, probs: torch.Tensor, tau1: floa
     return torch.einsum("sbji,bj->sbi", routing(probs, tau1), per_class)
 
 
-def _minmax(v: torch.Tensor) -> torch.Tensor:
-    """Min-max rescale each [..., H, W] map to [0, 1]; a constant map becomes 0."""
+def _minmax(v: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Min-max rescale each [..., H, W] map to [0, ``scale``]; a constant map becomes 0."""
     flat = v.flatten(-2)
-    lo = flat.min(-1, keepdim=True).values
-    span = flat.max(-1, keepdim=True).values - lo
-    out = torch.where(span > 0, (flat - lo) / span.clamp_min(torch.finfo(v.dtype).tiny), 0.0)
-    return out.view_as(v)
+    lo, hi = torch.aminmax(flat, dim=-1, keepdim=True)
+    span = hi - lo
+    factor = torch.where(span > 0, scale / span.clamp_min(torch.finfo(v.dtype).tiny), 0.0)
+    return ((flat - lo) * factor).view_as(v)
 
 
 def pixel_distribution(v: torch.Tensor, psi: Psi, tau2: float, rescale: bool) -> torch.Tensor:
@@ -209,11 +211,13 @@ def pixel_distribution(v: torch.Tensor, psi: Psi, tau2: float, rescale: bool) ->
     scale). ``"softmax"``: softmax(v / tau2) over pixels. ``"power"``: v^(1/tau2) normalised (v is
     divided by its max first, which cancels; an all-zero map becomes uniform).
     """
+    if psi == "softmax":
+        # Rescaling to [0, 1 / tau2] in one pass is rescaling to [0, 1] and dividing by tau2.
+        scaled = _minmax(v, 1.0 / tau2) if rescale else v / tau2
+        return torch.softmax(scaled.flatten(-2), dim=-1).view_as(v)
     if rescale:
         v = _minmax(v)
     flat = v.flatten(-2)
-    if psi == "softmax":
-        return torch.softmax(flat / tau2, dim=-1).view_as(v)
     peak = flat.amax(-1, keepdim=True)
     powered = (flat / peak.clamp_min(torch.finfo(v.dtype).tiny)).pow(1.0 / tau2)
     mass = powered.sum(-1, keepdim=True)
@@ -257,10 +261,10 @@ class UABackprop(Attribution):
         per_term_rescale: min-max rescale the input term and each bias term separately before
             summing them (FullGrad's per-layer post-processing); default False (the POSTER sums the
             raw terms inside psi).
-        class_chunk: one-hot cotangents per batched backward. ``None`` (default): all K in one
-            ``is_grads_batched`` backward (transient memory ~K x the activation gradients of the
-            S*B rows; pick a small chunk for big nets, e.g. ResNet-18 with S*B = 1280).
-            ``1``: a loop of K plain backwards (least memory; as fast on CPU, module docstring).
+        class_chunk: one-hot cotangents per backward. ``1`` (default): a loop of K plain
+            backwards (the least memory; the fastest on CPU, module docstring). ``k > 1``: K / k
+            ``is_grads_batched`` backwards of k cotangents (transient memory ~k x the activation
+            gradients of the S*B rows); ``None``: all K in one.
         naive: run the reference path instead: one B-row forward per posterior sample and one
             backward per (s, i). Same maps, far slower; for tests and benchmarks.
     """
@@ -274,7 +278,7 @@ class UABackprop(Attribution):
         rescale: bool = True,
         bias_terms: bool = True,
         per_term_rescale: bool = False,
-        class_chunk: int | None = None,
+        class_chunk: int | None = 1,
         naive: bool = False,
     ) -> None:
         super().__init__(model)
@@ -389,7 +393,10 @@ class UABackprop(Attribution):
             if not batched:
                 grad_x, site_grads = grad_x[None], [g[None] for g in site_grads]
             dist = self._distribution(self._raw_map(grad_x, pf.inputs, sites, site_grads, rows))
-            per_row += torch.einsum("kn,knhw->nhw", weights[:, classes].T, dist)
+            if batched:
+                per_row += torch.einsum("kn,knhw->nhw", weights[:, classes].T, dist)
+            else:
+                per_row.addcmul_(weights[:, classes[0], None, None], dist[0])
         return per_row.view(s, b, *x.shape[-2:]).sum(0)
 
     def _attribute_naive(self, x: torch.Tensor, target: Target) -> torch.Tensor:
