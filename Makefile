@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh machine (Python >= 3.11 and pip):
-#   make demo   train the embedded default (mnist5k, LeNet-5, MC dropout) and evaluate it
+#   make demo   train the embedded default (mnist5k, LeNet-5, MC dropout) and a readout
+#               bottleneck on it, then evaluate both
 #   make test   run the default test suite (slow tests excluded; `make test-slow` runs them)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
@@ -18,7 +19,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(PY) train.py fit --config configs/mnist5k_lenet_mcdropout.yaml
-	$(PY) evaluate.py --ckpt checkpoints/mnist5k_lenet_mcdropout/last.ckpt --out reports/mnist5k_lenet_mcdropout
+	$(PY) train.py fit --config configs/mnist5k_readout.yaml
+	$(PY) evaluate.py --ckpt checkpoints/mnist5k_lenet_mcdropout/last.ckpt --out reports/mnist5k_lenet_mcdropout \
+		--readout checkpoints/mnist5k_readout/last.ckpt
 
 test: $(STAMP)
 	$(PY) -m pytest -q

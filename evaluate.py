@@ -48,7 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ablation-images", type=int, default=None,
                         help="validation images of the ablation (default 40; quick 6)")
     parser.add_argument("--readout", default=None,
-                        help="a trained readout-bottleneck checkpoint (adds 'readout' maps)")
+                        help="a readout-bottleneck checkpoint trained on this classifier (adds\n"
+                             "'readout' to the anomaly and degradation tests)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every subset and patch")
     parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

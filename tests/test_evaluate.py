@@ -1,4 +1,5 @@
-"""evaluate.py end to end on a briefly trained checkpoint, and the pieces of the report."""
+"""evaluate.py end to end on a briefly trained checkpoint (with a readout bottleneck trained on
+it), and the pieces of the report."""
 
 from __future__ import annotations
 
@@ -19,18 +20,22 @@ from uattr.evaluation import (
     ablation_size,
     above_median,
     blur_scores_per_image,
+    default_methods,
+    load_readout,
 )
 from uattr.metrics import BlurringTest, blurring_curves
 from uattr.metrics.blurring import _count_grid
 from uattr.models import LeNet5
-from uattr.report import markdown_table, paper_claim
+from uattr.report import iba_claim, markdown_table, paper_claim
 
 DEFAULT = ROOT / "configs" / "mnist5k_lenet_mcdropout.yaml"
+READOUT = ROOT / "configs" / "mnist5k_readout.yaml"
 #: enough training to give a model with real (non-degenerate) uncertainties, in a few seconds
 BRIEF = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=15",
          "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0",
          "--trainer.logger=false"]
-QUICK_METHODS = ["ua_backprop", "gradient", "fullgrad", "random", "contrast_cam"]
+QUICK_METHODS = ["ua_backprop", "gradient", "fullgrad", "gradcam", "random", "contrast_cam",
+                 "readout"]
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +48,24 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def report(checkpoint, tmp_path_factory):
+def readout_checkpoint(checkpoint):
+    """A readout bottleneck trained a few steps on ``checkpoint`` (named by its absolute path, so
+    the readout rebuilds from any working directory)."""
+    workdir = checkpoint.parents[2]
+    run_train_py(["fit", "--config", str(READOUT), f"--model.init_args.classifier={checkpoint}",
+                  "--model.init_args.estimator_samples=200", *BRIEF,
+                  "--trainer.limit_train_batches=5"], cwd=workdir)
+    ckpt = workdir / "checkpoints" / "mnist5k_readout" / "last.ckpt"
+    assert ckpt.is_file()
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def report(checkpoint, readout_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "quick"
     code = evaluate.main(["--ckpt", str(checkpoint), "--out", str(out), "--quick",
-                          "--methods", *QUICK_METHODS, "--no-progress",
-                          "--accelerator", "cpu"])
+                          "--methods", *QUICK_METHODS, "--readout", str(readout_checkpoint),
+                          "--no-progress", "--accelerator", "cpu"])
     assert code == 0
     return out
 
@@ -65,8 +83,8 @@ def test_report_folder_has_every_file(report):
 def test_metrics_json_has_the_expected_keys(report):
     m = json.loads((report / "metrics.json").read_text())
     for key in ("checkpoint", "model", "data", "config", "settings", "rows", "calibration",
-                "ood", "ablation", "blurring", "anomaly", "degradation", "claim", "timing",
-                "figures"):
+                "ood", "ablation", "blurring", "anomaly", "degradation", "claim", "iba_claim",
+                "timing", "figures"):
         assert key in m, key
     assert m["settings"]["headline_kind"] == "epistemic"
     for key in ("acc", "nll", "ece", "brier"):
@@ -109,9 +127,56 @@ def test_report_md_holds_the_paper_style_tables(report):
     for needle in ("## Summary: the UA-Backprop paper's MNIST claim", "MURR@2% ↑",
                    "AUC-URR@5% ↓", "Budget reading", "Step reading", "paper, MNIST",
                    "0.648", "0.506", "IoU ↑", "ADA ↑", "LeRF − MoRF ↑", "AUROC ↑",
-                   "UA-Backprop ablation (validation split)", "![reliability.png]"):
+                   "UA-Backprop ablation (validation split)", "![reliability.png]",
+                   "IBA paper's claim against Grad-CAM", "maps of"):
         assert needle in text, needle
     assert "does not hold" in text or "holds" in text
+
+
+def _table_row(text: str, section: str, label: str) -> list[str]:
+    """The cells of the row ``label`` in the first table after the heading ``section``."""
+    body = text.split(section, 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in body.splitlines() if line.startswith(f"| {label} |")]
+    assert len(rows) == 1, (section, label)
+    return [cell.strip() for cell in rows[0].strip("|").split("|")][1:]
+
+
+def test_readout_is_in_the_anomaly_and_degradation_tables(report):
+    m = json.loads((report / "metrics.json").read_text())
+    assert "readout" not in m["blurring"]["epistemic"]["methods"]  # a class-only method
+    anomaly, degradation = m["anomaly"]["methods"], m["degradation"]["methods"]
+    assert anomaly["readout"]["target"] == anomaly["contrast_cam"]["target"] == "class"
+    assert anomaly["gradient"]["target"] == "epistemic"
+    for key in ("iou", "ada", "pointing_game", "bbox_ratio"):
+        assert 0.0 <= anomaly["readout"][key] <= 1.0, key
+    for key in ("morf_auc", "lerf_auc", "degradation"):
+        assert math.isfinite(degradation["readout"][key]), key
+    paired = m["anomaly"]["paired"]["readout - gradcam"]["bbox_ratio"]
+    assert paired["mean"] == pytest.approx(
+        anomaly["readout"]["bbox_ratio"] - anomaly["gradcam"]["bbox_ratio"])
+    text = (report / "report.md").read_text()
+    cells = _table_row(text, "## 3. Anomaly test", "Readout IBA")
+    assert cells[0] == "class" and len(cells) == 7
+    assert all(math.isfinite(float(c)) for c in cells[1:])  # IoU, ADA, pointing, bbox ratio...
+    cells = _table_row(text, "## 4. Degradation test", "Readout IBA")
+    assert len(cells) == 3 and all(math.isfinite(float(c)) for c in cells)  # MoRF, LeRF, diff
+
+
+def test_bad_readout_checkpoints_fail_before_any_work(checkpoint, readout_checkpoint, tmp_path,
+                                                        capsys):
+    out = tmp_path / "r"
+    assert evaluate.main(["--ckpt", str(checkpoint), "--out", str(out), "--quick",
+                          "--readout", str(tmp_path / "missing.ckpt")]) == 2
+    err = capsys.readouterr().err
+    assert "no readout checkpoint at" in err and "configs/mnist5k_readout.yaml" in err
+    assert evaluate.main(["--ckpt", str(checkpoint), "--out", str(out), "--quick",
+                          "--readout", str(checkpoint)]) == 2  # the classifier, not a readout
+    assert "not of a readout bottleneck" in capsys.readouterr().err
+    assert not out.exists()
+    # a readout trained on another classifier would explain that one, not the model evaluated
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="another classifier"):
+        load_readout(readout_checkpoint, MCDropout(LeNet5(dropout=0.25), num_samples=20, seed=0))
 
 
 def test_bad_method_name_and_missing_config_fail_cleanly(checkpoint, tmp_path, capsys):
@@ -206,6 +271,32 @@ def test_paper_claim_logic():
     assert not fails["holds_anywhere"]
     failed = [c for c in fails["checks"]["ua_backprop/budget"] if not c["holds"]]
     assert {c["competitor"] for c in failed} == {"gradient"} and len(failed) == 4
+
+
+def test_default_methods_put_the_iba_rows_beside_the_baselines(posterior):
+    methods = default_methods(posterior, readout="readout.ckpt")
+    assert {"per_sample_iba", "readout", "gradcam", "gradient", "integrated_gradients",
+            "smoothgrad"} <= set(methods)
+    assert "readout" not in default_methods(posterior)  # only with a trained readout
+
+
+def test_iba_claim_compares_per_sample_iba_with_gradcam():
+    def results(deg: float, bbox: float) -> dict:
+        paired = {"bbox_ratio": {"mean": bbox - 0.2, "se": 0.05}}
+        return {"degradation": {"methods": {"per_sample_iba": {"degradation": deg},
+                                            "gradcam": {"degradation": 0.1}}},
+                "anomaly": {"methods": {"per_sample_iba": {"bbox_ratio": bbox},
+                                        "gradcam": {"bbox_ratio": 0.2}},
+                            "paired": {"per_sample_iba - gradcam": paired}}}
+
+    assert iba_claim(results(0.5, 0.3))["holds"]
+    claim = iba_claim(results(0.5, 0.1))
+    assert not claim["holds"] and [c["holds"] for c in claim["checks"]] == [True, False]
+    assert claim["checks"][0]["paired"] is None  # the degradation test has no per-image score
+    assert claim["checks"][1]["paired"]["mean"] == pytest.approx(-0.1)
+    missing = results(0.5, 0.3)
+    del missing["anomaly"]["methods"]["gradcam"]
+    assert not iba_claim(missing)["applicable"]
 
 
 def test_markdown_table_formats_numbers_and_gaps():

@@ -9,8 +9,9 @@
    VALIDATION split by MURR@2% of the headline uncertainty (:func:`ablate_ua_backprop`);
 4. the blurring test (MURR / AUC-URR, both readings of "2% / 5%") of every attribution method
    for each uncertainty kind, on test images at or above the median of that uncertainty;
-5. the anomaly test: a noise patch pasted into test digits, maps of the headline uncertainty,
-   box IoU / ADA / pointing game / bounding-box ratio;
+5. the anomaly test: a noise patch pasted into test digits, maps of the headline uncertainty
+   (class-only methods: of the class the posterior mean predicts for the patched digit), box
+   IoU / ADA / pointing game / bounding-box ratio;
 6. the degradation test (MoRF / LeRF) of class maps for the predicted class;
 
 then writes ``metrics.json``, ``report.md`` and PNG figures (:mod:`uattr.report`).
@@ -61,6 +62,7 @@ from uattr.metrics import (
     BoundingBoxRatio,
     Degradation,
     blurring_curves,
+    bounding_box_ratio,
     brier_score,
     dice_iou_thresholded,
     expected_calibration_error,
@@ -72,6 +74,7 @@ from uattr.modes import evaluating
 
 __all__ = [
     "ABLATION_GRIDS",
+    "ANOMALY_CLASS_TARGET",
     "CLASS_ONLY_METHODS",
     "EvaluationSettings",
     "MethodRow",
@@ -79,12 +82,18 @@ __all__ = [
     "blur_scores_per_image",
     "default_methods",
     "evaluate_checkpoint",
+    "load_readout",
     "rebuild_from_checkpoint",
     "run_suite",
 ]
 
-#: Methods that explain a class and cannot explain an uncertainty: degradation test only.
+#: Methods that explain a class and cannot explain an uncertainty: they skip the blurring test, and
+#: in the anomaly test they map the class the posterior mean predicts for the patched image.
 CLASS_ONLY_METHODS = frozenset({"contrast_cam", "readout"})
+#: What the class-only rows of the anomaly test explain (recorded in ``metrics.json``).
+ANOMALY_CLASS_TARGET = "class predicted on the patched image (posterior mean)"
+#: Rows whose bbox ratios the anomaly test also compares image by image (the IBA paper's claim).
+ANOMALY_PAIRS = (("per_sample_iba", "gradcam"), ("readout", "gradcam"))
 #: Table order of the registry's methods.
 METHOD_ORDER = (
     "ua_backprop",
@@ -171,8 +180,8 @@ class EvaluationSettings:
         grid_images: images per map-grid figure.
         seed: seeds every subset, the patch and the metrics' tie-breaks.
         progress: show a progress bar (rich, on stderr).
-        readout: path of a trained readout-bottleneck checkpoint (adds "readout" to the
-            degradation test).
+        readout: path of a trained readout-bottleneck checkpoint, trained on the classifier
+            evaluated (adds "readout" to the anomaly and degradation tests).
     """
 
     methods: tuple[str, ...] | None = None
@@ -682,11 +691,47 @@ def _method_rows(methods: Sequence[str], ablation: dict[str, Any] | None) -> lis
     return rows
 
 
-def _build(row: MethodRow, posterior: nn.Module, data: Any, settings: EvaluationSettings):
-    if row.method == "readout":
-        from uattr.attribution.readout import ReadoutBottleneck
+def load_readout(path: str | Path, posterior: nn.Module) -> Attribution:
+    """The maps of the readout checkpoint ``path``, checked to explain ``posterior``.
 
-        return ReadoutBottleneck(settings.readout)
+    A readout checkpoint carries the weights of the classifier it was trained on; they must equal
+    ``posterior``'s, or its maps would explain another model. The readout is moved to
+    ``posterior``'s device.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: ``path`` is not a readout checkpoint, or was trained on another classifier.
+    """
+    from uattr.attribution.readout import ReadoutBottleneck
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no readout checkpoint at {path} (--readout). Train one on this classifier first: "
+            "`python train.py fit --config configs/mnist5k_readout.yaml` writes "
+            "checkpoints/mnist5k_readout/last.ckpt (another classifier: "
+            "--model.init_args.classifier=PATH)."
+        )
+    method = ReadoutBottleneck(path)
+    theirs = method.model.model.state_dict()
+    ours = posterior.state_dict()
+    if theirs.keys() != ours.keys() or any(
+        not torch.equal(theirs[k], ours[k].cpu()) for k in ours
+    ):
+        raise ValueError(
+            f"the readout at {path} was trained on another classifier: the weights of the "
+            "classifier it reads differ from those of the checkpoint evaluated. Retrain the "
+            "readout with --model.init_args.classifier=<the evaluated checkpoint>."
+        )
+    device = next(iter(ours.values())).device if ours else torch.device("cpu")
+    method.model.to(device)
+    return method
+
+
+def _build(row: MethodRow, posterior: nn.Module, data: Any, settings: EvaluationSettings,
+           readout: Attribution | None = None):
+    if row.method == "readout":
+        return readout  # loaded and checked at the start of run_suite
     method = build_method(row.method, posterior, **row.kwargs)
     if row.method == "per_sample_iba":
         method.estimate(data, n_samples=settings.iba_samples)
@@ -710,6 +755,8 @@ def run_suite(
     methods = settings.methods or default_methods(posterior, settings.readout)
     if "readout" in methods and not settings.readout:
         raise ValueError("the 'readout' method needs a trained readout checkpoint: pass --readout.")
+    # loaded first, so that a bad checkpoint fails before minutes of evaluation
+    readout = load_readout(settings.readout, posterior) if "readout" in methods else None
     timing: dict[str, dict[str, float]] = {}
     method_cpu: dict[str, float] = {}
     figures: dict[str, Any] = {}
@@ -775,14 +822,14 @@ def run_suite(
                                               progress)
         rows = _method_rows(methods, ablation)
         uncertainty_rows = [r for r in rows if r.method not in CLASS_ONLY_METHODS]
-        progress.add_total(len(uncertainty_rows) * (len(blur_kinds) + 1) + len(rows))
+        progress.add_total(len(uncertainty_rows) * len(blur_kinds) + 2 * len(rows))
 
         built: dict[str, Attribution] = {}
 
         def method_of(row: MethodRow) -> Attribution:
             if row.key not in built:
                 with _timed(timing, "build methods"):
-                    built[row.key] = _build(row, posterior, data, settings)
+                    built[row.key] = _build(row, posterior, data, settings, readout)
             return built[row.key]
 
         # 4. blurring test per uncertainty kind ---------------------------------------------
@@ -833,8 +880,13 @@ def run_suite(
         raised = (u_patched > us[headline]).nonzero().flatten()
         pick = _seeded_subset(raised, settings.anomaly_images, settings.seed)
         xa, ba = x_patched[pick], boxes[pick]
+        # what the class-only rows explain: the class the model predicts for the image it sees
+        predicted_patched = (
+            _predict(posterior, xa)[0].argmax(1).to(device) if pick.numel() else None
+        )
         anomaly: dict[str, Any] = {
             "kind": headline,
+            "class_target": ANOMALY_CLASS_TARGET,
             "patch": {"size": patch, "fill": settings.patch_fill, "seed": settings.seed},
             "num_candidates": int(x_test.shape[0]),
             "num_raised": int(raised.numel()),
@@ -844,21 +896,25 @@ def run_suite(
         figures["anomaly_images"] = xa[: settings.grid_images].cpu()
         figures["anomaly_boxes"] = ba[: settings.grid_images].cpu()
         figures["anomaly_maps"] = {}
-        for row in uncertainty_rows:
-            progress.step(f"anomaly/{headline}: {row.key}")
+        ratios: dict[str, torch.Tensor] = {}
+        for row in rows:
+            class_only = row.method in CLASS_ONLY_METHODS
+            progress.step(f"anomaly/{'class' if class_only else headline}: {row.key}")
             if pick.numel() == 0:
                 progress.done()
                 continue
             with _timed(timing, "attribution (anomaly)"):
-                maps = _attribute(method_of(row), xa, headline, settings.attribution_batch,
-                                      method_cpu, row.key)
+                maps = _attribute(method_of(row), xa, predicted_patched if class_only else headline,
+                                  settings.attribution_batch, method_cpu, row.key)
             with _timed(timing, "anomaly test"):
                 loc = AnomalyLocalization(patch_size=patch)
                 loc.update(maps, ba.cpu())
                 ratio = BoundingBoxRatio()
                 ratio.update(maps, ba.cpu())
                 thr = dice_iou_thresholded(maps, ba.cpu())
+                ratios[row.key] = bounding_box_ratio(maps, ba.cpu())
                 anomaly["methods"][row.key] = {
+                    "target": "class" if class_only else headline,
                     **_floats(loc.compute()),
                     "bbox_ratio": float(ratio.compute()),
                     "dice_thresholded": float(thr["dice"].mean()),
@@ -866,6 +922,10 @@ def run_suite(
                 }
                 figures["anomaly_maps"][row.key] = maps[: settings.grid_images]
             progress.done()
+        anomaly["paired"] = {
+            f"{a} - {b}": _mean_and_se({"bbox_ratio": ratios[a] - ratios[b]})
+            for a, b in ANOMALY_PAIRS if a in ratios and b in ratios
+        }
 
         # 6. degradation of class maps --------------------------------------------------------
         pick = _seeded_subset(torch.arange(x_test.shape[0]), settings.degradation_images,
@@ -961,6 +1021,7 @@ def evaluate_checkpoint(
         **results,
     }
     results["claim"] = report_module.paper_claim(results)
+    results["iba_claim"] = report_module.iba_claim(results)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = results.pop("_figures")
