@@ -27,6 +27,16 @@ def test_non_finite_images_are_rejected(module, bad):
         module.validation_step((x, torch.zeros(4, dtype=torch.long)), 0)
 
 
+def test_huge_finite_values_are_not_mistaken_for_inf():
+    from uattr.validation import check_images
+
+    x = torch.full((2, 1, 4, 4), 3e38)  # finite, but the sum overflows to inf
+    assert check_images(x) is x
+    x[1, 0, 0, 0] = math.nan
+    with pytest.raises(ValueError, match=r"NaN or Inf.*rows \[1\]"):
+        check_images(x)
+
+
 def test_wrong_channel_count_is_rejected(module):
     x = torch.rand(4, 3, 28, 28)
     with pytest.raises(ValueError, match="3 channel.*expects 1"):
@@ -45,6 +55,12 @@ def test_wrong_label_shape_and_class_count_are_rejected():
 def test_unknown_posterior_method_is_rejected():
     with pytest.raises(ValueError, match="unknown method 'laplace'"):
         BayesianClassifier(LeNet5(), method="laplace")
+
+
+def test_share_prefix_reaches_the_posterior():
+    assert BayesianClassifier(LeNet5()).posterior.share_prefix
+    module = BayesianClassifier(LeNet5(), share_prefix=False)
+    assert not module.posterior.share_prefix and module.hparams.share_prefix is False
 
 
 class _Arbitrary:  # an object a safe load must refuse to unpickle
@@ -74,3 +90,18 @@ def test_evaluate_reports_a_bad_checkpoint_without_a_traceback(tmp_path, capsys)
     assert evaluate.main(["--ckpt", str(bad), "--out", str(tmp_path / "report")]) == 2
     assert "is not a PyTorch checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "report").exists()
+
+
+def test_train_accuracy_is_logged_once_per_epoch():
+    from lightning.pytorch import Trainer
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    x, y = torch.rand(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    module = BayesianClassifier(LeNet5(), num_samples=2)
+    trainer = Trainer(max_epochs=2, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=8))
+    acc = trainer.callback_metrics["train/acc"].item()
+    assert 0.0 <= acc <= 1.0 and acc * 32 == pytest.approx(round(acc * 32))  # 32 images
+    assert not module.train_acc.update_called  # reset for the next epoch

@@ -32,6 +32,9 @@ class BayesianClassifier(ClassifierRoutine):
         method: ``"mc_dropout"`` or ``"ensemble"``.
         num_samples: S, posterior samples (MC dropout) or members (ensemble).
         posterior_seed: seeds the fixed dropout masks (MC dropout) or the member initialisations.
+        share_prefix: MC dropout only: run the layers before the first dropout once for all S
+            samples (default True; ``False`` for a backbone that combines tensors from before and
+            after a dropout, see :class:`uattr.bayes.MCDropout`).
         num_classes, optimizer, lr_scheduler, ece_bins: see :class:`ClassifierRoutine`.
     """
 
@@ -41,6 +44,7 @@ class BayesianClassifier(ClassifierRoutine):
         method: Literal["mc_dropout", "ensemble"] = "mc_dropout",
         num_samples: int = 20,
         posterior_seed: int = 0,
+        share_prefix: bool = True,
         num_classes: int | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -49,7 +53,9 @@ class BayesianClassifier(ClassifierRoutine):
         super().__init__(backbone, num_classes, optimizer, lr_scheduler, ece_bins)
         self.save_hyperparameters()
         if method == "mc_dropout":
-            self.posterior: nn.Module = MCDropout(backbone, num_samples, seed=posterior_seed)
+            self.posterior: nn.Module = MCDropout(
+                backbone, num_samples, seed=posterior_seed, share_prefix=share_prefix
+            )
         elif method == "ensemble":
             self.posterior = DeepEnsemble.from_backbone(backbone, num_samples, seed=posterior_seed)
         else:
