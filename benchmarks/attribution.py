@@ -17,6 +17,10 @@ over the training step's median, and the peak memory of the call:
 Targets (research/performance.md §6): UA-Backprop <= 6.5 training steps at K = 10; the batched path
 >= 5x faster than the naive (s, i) loop.
 
+A second table (``--iba-batch``, default 32 digits; 0 skips it) times the information bottlenecks
+with ``benchmarks/iba.py``: Per-Sample IBA batched vs one image at a time (target >= 3x),
+and Readout maps vs one forward pass.
+
 Other methods join the table through ``REGISTRY`` / ``OPTIONAL``: an optional entry names a module
 and a class and is skipped, with a note, when it cannot be imported.
 
@@ -164,6 +168,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--methods", nargs="*", default=None, help="substrings of method names")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    parser.add_argument(
+        "--iba-batch",
+        type=int,
+        default=32,
+        help="digits of the information-bottleneck section (0 skips it)",
+    )
     args = parser.parse_args(argv)
 
     if args.threads:
@@ -245,6 +255,16 @@ def main(argv: list[str] | None = None) -> None:
             f"batched vs naive (s,i) loop: {gain:.2f}x faster (target >= 5) -> "
             f"{'OK' if gain >= 5 else 'MISSED'}"
         )
+
+    if args.iba_batch:
+        # Per-Sample IBA and Readout (issue 6): their own units, one image at a time and one
+        # forward, on real digits (the feature statistics are estimated from mnist5k).
+        import iba
+
+        data = iba.MNIST5k(batch_size=128)
+        digits = iba.digits(data, args.iba_batch).to(device)
+        print(f"\nInformation bottlenecks, B = {args.iba_batch} digits, S = {args.samples}:")
+        iba.print_table(iba.measure(post, digits, data, 3, 1, device), args.iba_batch)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,74 @@ def _posterior(args: argparse.Namespace, device: torch.device) -> MCDropout:
     return post.to(device).eval().requires_grad_(False)
 
 
+def measure(
+    post: torch.nn.Module,
+    x: torch.Tensor,
+    data: MNIST5k,
+    runs: int,
+    loop_runs: int,
+    device: torch.device,
+) -> dict[str, float]:
+    """Seconds per batch ``x``: Per-Sample IBA batched and as a one-image loop, Readout maps, one
+    no-grad posterior forward; plus the largest batched vs one-at-a-time map difference (bits)."""
+    b = x.shape[0]
+    iba = PerSampleBottleneck(post, "backbone.conv2")
+    iba.estimate(data, n_samples=1000)
+    t_batched = _median_time(lambda: iba(x), runs, device)
+    t_loop = _median_time(lambda: [iba(x[i : i + 1]) for i in range(b)], loop_runs, device)
+    diff = (torch.cat([iba(x[i : i + 1]) for i in range(4)]) - iba(x[:4])).abs().max().item()
+
+    readout = Readout(post, "backbone.conv2", READOUTS, tuple(x.shape[1:])).to(device)
+    readout.estimate(data, n_samples=1000)
+    method = ReadoutBottleneck(readout)
+    t_readout = _median_time(lambda: method(x), max(runs, 5), device)
+    with torch.no_grad():
+        t_forward = _median_time(lambda: post.sample_logits(x), max(runs, 5), device)
+    return {
+        "batched": t_batched,
+        "loop": t_loop,
+        "readout": t_readout,
+        "forward": t_forward,
+        "max_diff": diff,
+    }
+
+
+def print_table(times: dict[str, float], b: int) -> None:
+    """The ms-per-image table of :func:`measure` and the batching verdict (target >= 3x)."""
+    per = 1000.0 / b
+    print(
+        f"per-sample IBA: 10 steps x 10 noise copies at backbone.conv2; batched vs one-at-a-time "
+        f"max |map difference| on 4 images = {times['max_diff']:.2e} bits"
+    )
+    rows = [
+        ("Per-Sample IBA, batched (B images per forward)", times["batched"] * per, "1.00"),
+        (
+            "Per-Sample IBA, one image at a time (library)",
+            times["loop"] * per,
+            f"{times['loop'] / times['batched']:.2f} x slower",
+        ),
+        (
+            "Readout Bottleneck maps (batched)",
+            times["readout"] * per,
+            f"{times['readout'] / times['forward']:.2f} x one forward",
+        ),
+        ("one forward pass of the posterior (no grad)", times["forward"] * per, "1.00"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"| {'method'.ljust(width)} | ms / image | ratio |")
+    print(f"|{'-' * (width + 2)}|-----------:|------:|")
+    for label, ms, ratio in rows:
+        print(f"| {label.ljust(width)} | {ms:10.2f} | {ratio} |")
+    speedup = times["loop"] / times["batched"]
+    print(f"batching gain: {speedup:.2f}x (target >= 3x): {'met' if speedup >= 3 else 'NOT met'}")
+
+
+def digits(data: MNIST5k, count: int) -> torch.Tensor:
+    """The first ``count`` validation digits [count, 1, 28, 28]."""
+    data.setup("fit")
+    return torch.stack([data.val_dataset[i][0] for i in range(count)])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -76,53 +144,24 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--loop-runs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--ckpt", default=None,
-                        help="a classifier checkpoint (else random weights)")
+    parser.add_argument(
+        "--ckpt", default=None, help="a classifier checkpoint (else random weights)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     post = _posterior(args, device)
     data = MNIST5k(batch_size=128)
-    data.setup("fit")
-    x = torch.stack([data.val_dataset[i][0] for i in range(args.batch)]).to(device)
-    b = x.shape[0]
-
-    iba = PerSampleBottleneck(post, "backbone.conv2")
-    iba.estimate(data, n_samples=1000)
-    t_batched = _median_time(lambda: iba(x), args.runs, device)
-    t_loop = _median_time(lambda: [iba(x[i : i + 1]) for i in range(b)], args.loop_runs, device)
-    diff = (torch.cat([iba(x[i : i + 1]) for i in range(4)]) - iba(x[:4])).abs().max().item()
-
-    readout = Readout(post, "backbone.conv2", READOUTS, tuple(x.shape[1:])).to(device)
-    readout.estimate(data, n_samples=1000)
-    method = ReadoutBottleneck(readout)
-    t_readout = _median_time(lambda: method(x), max(args.runs, 5), device)
-    with torch.no_grad():
-        t_forward = _median_time(lambda: post.sample_logits(x), max(args.runs, 5), device)
-
-    per = 1000.0 / b
+    x = digits(data, args.batch).to(device)
+    times = measure(post, x, data, args.runs, args.loop_runs, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-    print(f"device: {device} ({name or platform.machine()}), torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, B = {b}, S = {args.samples}, "
-          f"weights: {'checkpoint' if args.ckpt else 'random'}")
-    print(f"per-sample IBA: 10 steps x 10 noise copies at backbone.conv2; batched vs one-at-a-time "
-          f"max |map difference| on 4 images = {diff:.2e} bits")
-    rows = [
-        ("Per-Sample IBA, batched (B images per forward)", t_batched * per, "1.00"),
-        ("Per-Sample IBA, one image at a time (library)", t_loop * per,
-         f"{t_loop / t_batched:.2f} x slower"),
-        ("Readout Bottleneck maps (batched)", t_readout * per,
-         f"{t_readout / t_forward:.2f} x one forward"),
-        ("one forward pass of the posterior (no grad)", t_forward * per, "1.00"),
-    ]
-    width = max(len(r[0]) for r in rows)
-    print(f"| {'method'.ljust(width)} | ms / image | ratio |")
-    print(f"|{'-' * (width + 2)}|-----------:|------:|")
-    for label, ms, ratio in rows:
-        print(f"| {label.ljust(width)} | {ms:10.2f} | {ratio} |")
-    speedup = t_loop / t_batched
-    print(f"batching gain: {speedup:.2f}x (target >= 3x): {'met' if speedup >= 3 else 'NOT met'}")
+    print(
+        f"device: {device} ({name or platform.machine()}), torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}, B = {x.shape[0]}, S = {args.samples}, "
+        f"weights: {'checkpoint' if args.ckpt else 'random'}"
+    )
+    print_table(times, x.shape[0])
 
 
 if __name__ == "__main__":

@@ -172,6 +172,9 @@ def test_bad_readout_checkpoints_fail_before_any_work(checkpoint, readout_checkp
     assert evaluate.main(["--ckpt", str(checkpoint), "--out", str(out), "--quick",
                           "--readout", str(checkpoint)]) == 2  # the classifier, not a readout
     assert "not of a readout bottleneck" in capsys.readouterr().err
+    assert evaluate.main(["--ckpt", str(checkpoint), "--out", str(out), "--quick",
+                          "--methods", "gradient", "--readout", str(readout_checkpoint)]) == 2
+    assert "do not include 'readout'" in capsys.readouterr().err  # not silently ignored
     assert not out.exists()
     # a readout trained on another classifier would explain that one, not the model evaluated
     torch.manual_seed(0)

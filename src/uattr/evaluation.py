@@ -755,6 +755,11 @@ def run_suite(
     methods = settings.methods or default_methods(posterior, settings.readout)
     if "readout" in methods and not settings.readout:
         raise ValueError("the 'readout' method needs a trained readout checkpoint: pass --readout.")
+    if settings.readout and "readout" not in methods:
+        raise ValueError(
+            f"--readout {settings.readout} was given but the methods ({', '.join(methods)}) do "
+            "not include 'readout'; add it to --methods or drop --readout."
+        )
     # loaded first, so that a bad checkpoint fails before minutes of evaluation
     readout = load_readout(settings.readout, posterior) if "readout" in methods else None
     timing: dict[str, dict[str, float]] = {}

@@ -8,10 +8,12 @@ from uattr.attribution.base import Attribution, Target
 
 
 class RandomMap(Attribution):
-    """Uniform random maps [B, H, W], seeded and independent of the model and of the batch.
+    """Uniform random maps [B, H, W], seeded and independent of the model and of the pixels.
 
-    Image b's map depends only on (``seed``, its index in the batch), so two calls agree. Used as
-    the "random map" row of the blurring, localisation and degradation tables.
+    The map at batch position b depends only on (``seed``, b, the batch shape), so two calls on
+    batches of one shape agree; the same image at another position gets another map (callbacks
+    that need a map per dataset index seed per index instead). Used as the "random map" row of the
+    blurring, localisation and degradation tables.
     """
 
     def __init__(self, model: torch.nn.Module, seed: int = 0) -> None:
