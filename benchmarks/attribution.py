@@ -47,6 +47,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/iba.py, also when imported
 
 from uattr.attribution import conv_input_grad  # noqa: E402
 from uattr.attribution.fullgrad import FullGrad  # noqa: E402

@@ -312,8 +312,9 @@ def test_benchmark_script_runs(capsys):
     spec.loader.exec_module(bench)
     bench.main(
         ["--batch", "2", "--samples", "2", "--runs", "1", "--warmup", "0", "--no-memory"]
-        + ["--methods", "UA-Backprop", "FullGrad"]
+        + ["--methods", "UA-Backprop", "FullGrad", "--iba-batch", "2"]
     )
     out = capsys.readouterr().out
     assert "UA-Backprop naive (s,i) loop" in out and "FullGrad" in out
     assert "batched vs naive" in out
+    assert "Per-Sample IBA, one image at a time" in out and "batching gain" in out

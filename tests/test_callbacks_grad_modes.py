@@ -189,6 +189,13 @@ def test_unknown_or_class_only_methods_and_kinds_are_refused(tmp_path):
         AttributionMetrics(methods=("saliency",))
     with pytest.raises(ValueError, match="contrast_cam explains class scores only"):
         AttributionMetrics(methods=("contrast_cam",))
+    for callback in (AttributionMetrics, AttributionImages):  # one check serves both
+        with pytest.raises(ValueError, match="contrast_cam explains class scores only"):
+            callback(methods=("gradient", "contrast_cam"))  # a readout's map is target-free: ok
+        with pytest.raises(ValueError, match="distinct"):
+            callback(methods=("gradient", "gradient"))
+        with pytest.raises(ValueError, match=r"method_kwargs names method\(s\) \['smoothgrad'\]"):
+            callback(methods=("gradient",), method_kwargs={"smoothgrad": {"num_samples": 5}})
     with pytest.raises(ValueError, match="fractions"):
         AttributionMetrics(blurring={"fractions": [2.0]})
     with pytest.raises(ValueError, match="unknown anomaly setting"):

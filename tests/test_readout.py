@@ -147,3 +147,31 @@ def test_cli_trains_a_readout_from_a_classifier_checkpoint(tmp_path, monkeypatch
                if k.startswith("posterior.")}
     assert weights.keys() == inside.keys()
     assert all(torch.equal(weights[k], inside[k]) for k in weights)
+
+
+def test_validation_callbacks_show_and_score_the_readout_while_it_trains(tmp_path: Path) -> None:
+    """"readout" in the callbacks' methods: its maps come from the module being trained (no
+    checkpoint needed), ignore the uncertainty target, and are scored like any other map."""
+    import math
+
+    from uattr.callbacks import AttributionImages, AttributionMetrics
+
+    images = AttributionImages(methods=("readout", "gradient"), num_images=2, every_n_epochs=1)
+    metrics = AttributionMetrics(methods=("readout", "random"), probe_size=4, every_n_epochs=1,
+                                 batch_size=4, uncertainty="total")
+    trainer = Trainer(
+        max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        default_root_dir=tmp_path, accelerator="cpu", num_sanity_val_steps=0,
+        callbacks=[images, metrics],
+    )
+    trainer.fit(_module(), datamodule=_data())
+    logged = trainer.callback_metrics
+    assert math.isfinite(logged["val/attr/readout/murr@5%"].item())
+    assert 0.0 <= logged["val/attr/readout/iou"].item() <= 1.0
+    assert images.saved and images.saved[0].is_file()
+    # a readout explains its own classifier: one trained on another model is refused
+    from uattr.attribution.readout import check_explains
+
+    with pytest.raises(ValueError, match="another classifier"):
+        check_explains(ReadoutBottleneck(_module()), _classifier(seed=1))

@@ -39,7 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from uattr.attribution.base import Attribution
-from uattr.attribution.registry import METHODS, build_method
+from uattr.attribution.registry import CLASS_ONLY_METHODS, METHODS, build_method
 from uattr.bayes.posterior import (
     EVIDENTIAL_UNCERTAINTY_KINDS,
     UNCERTAINTY_KINDS,
@@ -87,9 +87,8 @@ __all__ = [
     "run_suite",
 ]
 
-#: Methods that explain a class and cannot explain an uncertainty: they skip the blurring test, and
-#: in the anomaly test they map the class the posterior mean predicts for the patched image.
-CLASS_ONLY_METHODS = frozenset({"contrast_cam", "readout"})
+# CLASS_ONLY_METHODS (from the registry) skip the blurring test, and in the anomaly test they map
+# the class the posterior mean predicts for the patched image.
 #: What the class-only rows of the anomaly test explain (recorded in ``metrics.json``).
 ANOMALY_CLASS_TARGET = "class predicted on the patched image (posterior mean)"
 #: Rows whose bbox ratios the anomaly test also compares image by image (the IBA paper's claim).
@@ -702,7 +701,7 @@ def load_readout(path: str | Path, posterior: nn.Module) -> Attribution:
         FileNotFoundError: no file at ``path``.
         ValueError: ``path`` is not a readout checkpoint, or was trained on another classifier.
     """
-    from uattr.attribution.readout import ReadoutBottleneck
+    from uattr.attribution.readout import ReadoutBottleneck, check_explains
 
     path = Path(path)
     if not path.is_file():
@@ -713,16 +712,11 @@ def load_readout(path: str | Path, posterior: nn.Module) -> Attribution:
             "--model.init_args.classifier=PATH)."
         )
     method = ReadoutBottleneck(path)
-    theirs = method.model.model.state_dict()
+    try:
+        check_explains(method, posterior)
+    except ValueError as error:
+        raise ValueError(f"--readout {path}: {error}") from error
     ours = posterior.state_dict()
-    if theirs.keys() != ours.keys() or any(
-        not torch.equal(theirs[k], ours[k].cpu()) for k in ours
-    ):
-        raise ValueError(
-            f"the readout at {path} was trained on another classifier: the weights of the "
-            "classifier it reads differ from those of the checkpoint evaluated. Retrain the "
-            "readout with --model.init_args.classifier=<the evaluated checkpoint>."
-        )
     device = next(iter(ours.values())).device if ours else torch.device("cpu")
     method.model.to(device)
     return method

@@ -17,6 +17,7 @@ __all__ = [
     "UncertaintyKind",
     "check_target",
     "class_score",
+    "differentiable_output",
     "explained_output",
 ]
 
@@ -82,6 +83,26 @@ def explained_output(model: nn.Module, x: torch.Tensor, target: Target) -> torch
 
         return uncertainty(model, x, target)
     return class_score(model, x, target)
+
+
+def differentiable_output(model: nn.Module, leaf: torch.Tensor, target: Target) -> torch.Tensor:
+    """:func:`explained_output` [N] of the rows ``leaf`` [N, C, H, W], checked to be one value per
+    row that autograd can differentiate w.r.t. ``leaf``.
+
+    Raises:
+        RuntimeError: another shape, or an output detached from the input inside the model.
+    """
+    y = explained_output(model, leaf, target)
+    if y.shape != (leaf.shape[0],):
+        raise RuntimeError(
+            f"the explained output must have shape [N] = [{leaf.shape[0]}], got {tuple(y.shape)}."
+        )
+    if not y.requires_grad:
+        raise RuntimeError(
+            "the explained output does not depend on the input through autograd (is it detached "
+            "inside the model?); gradient attributions need a differentiable model."
+        )
+    return y
 
 
 class Attribution(ABC):

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from uattr.attribution.base import Attribution, Target, check_target, explained_output
+from uattr.attribution.base import Attribution, Target, check_target, differentiable_output
 from uattr.attribution.bias_gradients import (
     BiasOutput,
     capture_bias_outputs,
@@ -88,16 +88,7 @@ def _full_gradients(
         check_uncertainty_kind(model, target)
     leaf = x.detach().requires_grad_(True)
     with small_input_conv_gradients(model), capture_bias_outputs(model) as sites:
-        output = explained_output(model, leaf, target)
-    if output.shape != (x.shape[0],):
-        raise RuntimeError(
-            f"the explained output must have shape [B] = [{x.shape[0]}], got {tuple(output.shape)}."
-        )
-    if not output.requires_grad:
-        raise RuntimeError(
-            "the explained output does not depend on the input through autograd (is it detached "
-            "inside the model?); FullGrad needs a differentiable model."
-        )
+        output = differentiable_output(model, leaf, target)
     grad_x, site_grads = gradients(
         output, leaf, sites, torch.ones_like(output), batched=False, retain_graph=False
     )

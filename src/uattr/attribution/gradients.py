@@ -21,7 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from uattr.attribution.base import Attribution, Target, check_target, explained_output
+from uattr.attribution.base import (
+    Attribution,
+    Target,
+    check_target,
+    differentiable_output,
+    explained_output,
+)
 from uattr.attribution.conv_input_grad import small_input_conv_gradients
 from uattr.modes import evaluating
 from uattr.validation import check_images
@@ -66,16 +72,7 @@ def _output_gradient(model: nn.Module, rows: torch.Tensor, target: Target) -> to
     """dF/d(rows) for rows [N, C, H, W] (each row's own output; rows are independent)."""
     rows = rows.detach().requires_grad_(True)
     with small_input_conv_gradients(model):
-        y = explained_output(model, rows, target)
-    if y.shape != (rows.shape[0],):
-        raise RuntimeError(
-            f"the explained output must have shape [N] = [{rows.shape[0]}], got {tuple(y.shape)}."
-        )
-    if not y.requires_grad:
-        raise RuntimeError(
-            "the explained output does not depend on the input through autograd (is it detached "
-            "inside the model?); gradient attributions need a differentiable model."
-        )
+        y = differentiable_output(model, rows, target)
     (grad,) = torch.autograd.grad(y.sum(), rows, allow_unused=True)
     return torch.zeros_like(rows) if grad is None else grad
 

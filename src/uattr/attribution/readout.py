@@ -327,6 +327,27 @@ class ReadoutBottleneck(Attribution):
             return capacity_map(readout.capacity(x), tuple(x.shape[-2:]))
 
 
+def check_explains(method: ReadoutBottleneck, classifier: nn.Module) -> None:
+    """Raise unless ``method``'s readout reads ``classifier`` (the same module or equal weights).
+
+    A readout checkpoint carries the weights of the classifier it was trained on; its maps explain
+    that classifier, so they are only maps of ``classifier`` when the weights agree.
+    """
+    reads = method.model.model
+    if reads is classifier:
+        return
+    theirs, ours = reads.state_dict(), classifier.state_dict()
+    if theirs.keys() != ours.keys() or any(
+        not torch.equal(theirs[k], ours[k].to(theirs[k].device)) for k in ours
+    ):
+        raise ValueError(
+            "the readout was trained on another classifier: the weights of the classifier it "
+            "reads differ from those of the model explained. Retrain the readout on this "
+            "classifier (train.py fit --config configs/mnist5k_readout.yaml "
+            "--model.init_args.classifier=<its checkpoint>)."
+        )
+
+
 def _load_readout(path: Path) -> Readout:
     from uattr.evaluation import rebuild_from_checkpoint  # lazy: attribution must not need lit
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +13,13 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from torch import nn
 
-from uattr.attribution.base import Attribution
-from uattr.attribution.registry import METHODS, build_method
+from uattr.attribution.registry import check_uncertainty_methods
 from uattr.bayes.posterior import check_uncertainty_kind, predictive_distribution
 from uattr.callbacks.probe import (
     Probe,
     ProbeCallback,
     Stage,
+    build_callback_methods,
     check_positive_int,
     posterior_of,
     probe_uncertainties,
@@ -27,8 +27,6 @@ from uattr.callbacks.probe import (
 from uattr.modes import evaluating
 
 __all__ = ["AttributionImages", "render_grid"]
-
-_CLASS_ONLY = frozenset({"contrast_cam"})
 
 
 def _normalise(maps: torch.Tensor) -> np.ndarray:
@@ -111,7 +109,8 @@ class AttributionImages(ProbeCallback):
     the unwrapped ``pl_module.posterior``; train/eval flags are restored.
 
     Args:
-        methods: attribution method names (:data:`uattr.attribution.registry.METHODS`).
+        methods: attribution method names (:data:`uattr.attribution.registry.METHODS`); see
+            :func:`~uattr.callbacks.probe.build_callback_methods` for ``"readout"``.
         num_images: rows of the grid (the probe size).
         every_n_epochs: run after validation epochs e with (e + 1) % N == 0 in ``fit``; always in
             ``trainer.validate`` / ``trainer.test``; never in the sanity check.
@@ -130,37 +129,21 @@ class AttributionImages(ProbeCallback):
         method_kwargs: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(every_n_epochs, check_positive_int(num_images, "num_images"), probe_seed)
-        if isinstance(methods, str):
-            methods = (methods,)
-        self.methods = tuple(methods)
-        if not self.methods or len(set(self.methods)) != len(self.methods):
-            raise ValueError(
-                f"methods must be a non-empty list of distinct names, got {methods!r}."
-            )
-        for name in self.methods:
-            if name not in METHODS:
-                raise ValueError(
-                    f"unknown attribution method {name!r}; choose from {', '.join(METHODS)}."
-                )
-            if name in _CLASS_ONLY:
-                raise ValueError(
-                    f"{name} explains class scores only, not the {uncertainty!r} uncertainty."
-                )
+        self.methods, self.method_kwargs = check_uncertainty_methods(
+            methods, uncertainty, method_kwargs
+        )
         self.num_images = num_images
         self.uncertainty = uncertainty
-        self.method_kwargs = {k: dict(v) for k, v in (method_kwargs or {}).items()}
-        self._methods: dict[str, Attribution] = {}
+        self._methods: dict[str, Callable[[torch.Tensor, Any], torch.Tensor]] = {}
         self._built_for: int | None = None
         #: paths of the PNG files written so far (rank zero)
         self.saved: list[Path] = []
 
-    def _build(self, posterior: nn.Module) -> None:
+    def _build(self, pl_module: LightningModule) -> None:
+        posterior = posterior_of(pl_module)
         if self._built_for != id(posterior):
             check_uncertainty_kind(posterior, self.uncertainty)
-            self._methods = {
-                name: build_method(name, posterior, **self.method_kwargs.get(name, {}))
-                for name in self.methods
-            }
+            self._methods = build_callback_methods(self.methods, pl_module, self.method_kwargs)
             self._built_for = id(posterior)
 
     def _figure(self, posterior: nn.Module, probe: Probe, device: torch.device, title: str) -> Any:
@@ -180,7 +163,7 @@ class AttributionImages(ProbeCallback):
         if not trainer.is_global_zero:
             return {}
         posterior = posterior_of(pl_module)
-        self._build(posterior)
+        self._build(pl_module)
         probe = self.probe(trainer, stage, world_size=1)
         epoch, step = trainer.current_epoch, trainer.global_step
         fig = self._figure(posterior, probe, pl_module.device, f"{stage} epoch {epoch} step {step}")

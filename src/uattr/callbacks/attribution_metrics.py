@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -12,13 +12,14 @@ from torch import nn
 
 from uattr.attribution.base import Attribution
 from uattr.attribution.random_map import RandomMap
-from uattr.attribution.registry import METHODS, build_method
+from uattr.attribution.registry import check_uncertainty_methods
 from uattr.bayes.posterior import check_uncertainty_kind
 from uattr.callbacks.probe import (
     DEFAULT_CHUNK,
     Probe,
     ProbeCallback,
     Stage,
+    build_callback_methods,
     check_positive_int,
     posterior_of,
     probe_uncertainties,
@@ -30,7 +31,6 @@ from uattr.metrics.localization import AnomalyLocalization
 __all__ = ["AttributionMetrics"]
 
 #: methods that explain class scores only, so they cannot attribute an uncertainty
-_CLASS_ONLY = frozenset({"contrast_cam"})
 _ANOMALY_PATCH_KEYS = frozenset({"patch_size", "fill"})
 _ANOMALY_METRIC_KEYS = frozenset({"box_from", "q", "iou_threshold"})
 
@@ -60,7 +60,9 @@ class AttributionMetrics(ProbeCallback):
     On a fixed seeded probe of the validation set (test set in ``trainer.test``; see
     :mod:`uattr.callbacks.probe`), for each method in ``methods`` (names of
     :data:`uattr.attribution.registry.METHODS`, built on ``pl_module.posterior`` with
-    ``method_kwargs[name]``) and the ``uncertainty`` kind as the target:
+    ``method_kwargs[name]``; a trained ``"readout"``'s maps ignore the target, see
+    :func:`~uattr.callbacks.probe.build_callback_methods`) and the ``uncertainty`` kind as the
+    target:
 
     - **blurring test** (:class:`~uattr.metrics.BlurringTest`, settings ``blurring``): maps of the
       probe images, the uncertainty-reduction curve under blurring, and every key its ``compute``
@@ -126,30 +128,9 @@ class AttributionMetrics(ProbeCallback):
         batch_size: int = 16,
     ) -> None:
         super().__init__(every_n_epochs, probe_size, probe_seed)
-        if isinstance(methods, str):
-            methods = (methods,)
-        self.methods = tuple(methods)
-        if not self.methods:
-            raise ValueError("methods is empty: name at least one attribution method.")
-        if len(set(self.methods)) != len(self.methods):
-            raise ValueError(f"methods must be distinct, got {list(self.methods)}.")
-        for name in self.methods:
-            if name not in METHODS:
-                raise ValueError(
-                    f"unknown attribution method {name!r}; choose from {', '.join(METHODS)}."
-                )
-            if name in _CLASS_ONLY:
-                raise ValueError(
-                    f"{name} explains class scores only and cannot attribute the {uncertainty!r} "
-                    "uncertainty; remove it from methods (evaluate.py runs it on class targets)."
-                )
-        self.method_kwargs = {k: dict(v) for k, v in (method_kwargs or {}).items()}
-        unused = set(self.method_kwargs) - set(self.methods)
-        if unused:
-            raise ValueError(
-                f"method_kwargs names method(s) {sorted(unused)} that are not in methods "
-                f"{list(self.methods)}."
-            )
+        self.methods, self.method_kwargs = check_uncertainty_methods(
+            methods, uncertainty, method_kwargs
+        )
         self.uncertainty = uncertainty
         self.blurring = _settings(blurring, "blurring")
         self.anomaly = _settings(anomaly, "anomaly")
@@ -171,17 +152,15 @@ class AttributionMetrics(ProbeCallback):
         self.metrics = nn.ModuleDict()
         self._patch: AnomalyPatch | None = None
         self._built_for: tuple[int, tuple[int, ...]] | None = None
-        self._methods: dict[str, Attribution] = {}
+        self._methods: dict[str, Callable[[torch.Tensor, Any], torch.Tensor]] = {}
 
     # ---- set-up ------------------------------------------------------------------------------
-    def _setup(self, posterior: nn.Module, probe: Probe, device: torch.device) -> None:
+    def _setup(self, pl_module: LightningModule, probe: Probe, device: torch.device) -> None:
+        posterior = posterior_of(pl_module)
         key = (id(posterior), tuple(probe.images.shape[1:]))
         if self._built_for != key:
             check_uncertainty_kind(posterior, self.uncertainty)
-            self._methods = {
-                name: build_method(name, posterior, **self.method_kwargs.get(name, {}))
-                for name in self.methods
-            }
+            self._methods = build_callback_methods(self.methods, pl_module, self.method_kwargs)
             metrics = nn.ModuleDict()
             height, width = probe.images.shape[-2:]
             if self.anomaly is not None:
@@ -234,7 +213,7 @@ class AttributionMetrics(ProbeCallback):
         posterior = posterior_of(pl_module)
         device = pl_module.device
         probe = self.probe(trainer, stage)
-        self._setup(posterior, probe, device)
+        self._setup(pl_module, probe, device)
         rank, world_size = trainer.global_rank, trainer.world_size
         blur_local = patched = boxes = None
         if self.blurring is not None:

@@ -15,6 +15,7 @@ inference mode) and every submodule's train/eval flag restored afterwards.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,6 +26,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.utils.data import Dataset
 
+from uattr.attribution.registry import TARGET_FREE_METHODS, build_method
 from uattr.bayes.posterior import model_uncertainties
 from uattr.modes import evaluating, preserved_modes
 
@@ -151,6 +153,32 @@ def posterior_of(pl_module: LightningModule) -> nn.Module:
             "(MCDropout, DeepEnsemble, Evidential or a plain classifier)."
         )
     return posterior
+
+
+def build_callback_methods(
+    names: Sequence[str], pl_module: LightningModule, method_kwargs: dict[str, dict[str, Any]]
+) -> dict[str, Callable[[torch.Tensor, Any], torch.Tensor]]:
+    """The attribution methods a callback runs, ``{name: method(x, target) -> maps}``.
+
+    Each is built on :func:`posterior_of` ``(pl_module)`` from the registry, except the
+    target-free ``"readout"`` (:data:`~uattr.attribution.registry.TARGET_FREE_METHODS`): its
+    readout comes from ``method_kwargs["readout"]["readout"]`` (a readout checkpoint, which must
+    have been trained on the classifier explained) or else from ``pl_module`` itself (a
+    ``ReadoutBottleneckModule`` being trained), and it ignores the target.
+    """
+    from uattr.attribution.readout import ReadoutBottleneck, check_explains
+
+    posterior = posterior_of(pl_module)
+    methods: dict[str, Callable[[torch.Tensor, Any], torch.Tensor]] = {}
+    for name in names:
+        kwargs = method_kwargs.get(name, {})
+        if name in TARGET_FREE_METHODS:
+            readout = ReadoutBottleneck(kwargs.get("readout", pl_module))
+            check_explains(readout, posterior)
+            methods[name] = lambda x, target, readout=readout: readout(x, None)
+        else:
+            methods[name] = build_method(name, posterior, **kwargs)
+    return methods
 
 
 def check_positive_int(value: Any, name: str) -> int:
