@@ -305,3 +305,34 @@ def test_iba_claim_compares_per_sample_iba_with_gradcam():
 def test_markdown_table_formats_numbers_and_gaps():
     text = markdown_table(["a", "b"], [["x", 0.12345], ["y", float("nan")]])
     assert text.splitlines() == ["| a | b |", "|---|---|", "| x | 0.123 |", "| y | — |"]
+
+
+def test_runs_trained_with_attention_get_a_caution():
+    """evaluate.py scores the bare model; a run whose inputs were multiplied by attention masks
+    (AttentionMitigation) is flagged in a warning and in the report instead of passing silently."""
+    import yaml
+
+    from uattr.evaluation import input_transform_cautions
+
+    mitigation = yaml.safe_load(
+        (ROOT / "configs/mnist5k_lenet_mcdropout_mitigation.yaml").read_text()
+    )
+    control = yaml.safe_load(  # method: null, no attention
+        (ROOT / "configs/mnist5k_lenet_mcdropout_mitigation_control.yaml").read_text()
+    )
+    (caution,) = input_transform_cautions(mitigation)
+    assert "AttentionMitigation" in caution and "train.py test" in caution
+    assert input_transform_cautions(control) == []
+    assert input_transform_cautions({"trainer": {"callbacks": None}}) == []
+
+
+def test_cautions_are_in_the_report(report, tmp_path):
+    import json
+
+    from uattr.report import write_report
+
+    results = json.loads((report / "metrics.json").read_text())
+    assert results["cautions"] == []  # the quick run's checkpoint had no attention
+    results["cautions"] = ["the run was trained with AttentionMitigation (a test caution)"]
+    text = write_report(results, tmp_path).read_text()
+    assert "**Caution:** the run was trained with AttentionMitigation" in text

@@ -27,6 +27,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -991,6 +992,33 @@ def _device(accelerator: str) -> torch.device:
     raise ValueError(f"unknown accelerator {accelerator!r}: use cpu, gpu or auto.")
 
 
+#: Callbacks that change what the model sees at every step; evaluate.py does not replay them.
+INPUT_TRANSFORM_CALLBACKS = ("uattr.callbacks.AttentionMitigation",
+                             "uattr.callbacks.attention.AttentionMitigation")
+
+
+def input_transform_cautions(config: dict[str, Any]) -> list[str]:
+    """Warnings for a run whose trainer callbacks transform the model's inputs (attention
+    mitigation multiplies every batch by A(x)): evaluate.py scores the bare model, not that."""
+    callbacks = (config.get("trainer") or {}).get("callbacks") or []
+    if isinstance(callbacks, dict):
+        callbacks = [callbacks]
+    found = [
+        c["class_path"]
+        for c in callbacks
+        if isinstance(c, dict)
+        and c.get("class_path") in INPUT_TRANSFORM_CALLBACKS
+        # method: null is the no-attention control: it sees the plain images too
+        and (c.get("init_args") or {}).get("method", "default") is not None
+    ]
+    return [
+        f"the run was trained with {name}, which multiplies every input by its attention mask; "
+        "evaluate.py evaluates the model on the plain images, without attention. Evaluate the "
+        "mitigated model with `python train.py test --config <its config> --ckpt_path <ckpt>`."
+        for name in found
+    ]
+
+
 def evaluate_checkpoint(
     ckpt_path: str | Path,
     out_dir: str | Path,
@@ -1011,9 +1039,13 @@ def evaluate_checkpoint(
     settings = (settings or EvaluationSettings()).check()
     device = _device(accelerator)
     model, data, config = rebuild_from_checkpoint(ckpt_path, config_path)
+    cautions = input_transform_cautions(config)
+    for caution in cautions:
+        warnings.warn(caution, stacklevel=2)
     results = run_suite(model, data, settings, device)
     results = {
         "checkpoint": str(ckpt_path),
+        "cautions": cautions,
         "model": config["model"]["class_path"].rsplit(".", 1)[-1],
         "data": config["data"]["class_path"].rsplit(".", 1)[-1],
         "config": {"model": config["model"], "data": config["data"]},

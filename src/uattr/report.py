@@ -346,6 +346,8 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
         f"\"val-selected\" was chosen on the validation split only (section 6). Mean ± standard "
         f"error over images where shown. Protocol: `docs/evaluation.md`.\n"
     )
+    for caution in results.get("cautions", []):
+        parts.append(f"**Caution:** {caution}\n")
     parts.append("## Summary: the UA-Backprop paper's MNIST claim\n")
     parts.append(_claim_text(results))
     parts.append("\n## Summary: the IBA paper's claim against Grad-CAM\n")
