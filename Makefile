@@ -34,6 +34,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/attribution.py
+	$(PY) benchmarks/callbacks.py
 
 clean:
 	rm -rf $(VENV) logs reports .pytest_cache
