@@ -1,6 +1,6 @@
 """Training throughput of BayesianClassifier vs a plain LightningModule, and sample_logits cost.
 
-    python benchmarks/train_throughput.py [--epochs 3] [--repeats 3] [--device cpu|cuda]
+    python benchmarks/train_throughput.py [--epochs 3] [--repeats 5] [--device cpu|cuda]
 
 Both modules train the same LeNet-5 on the same in-memory mnist5k batches with the same optimiser;
 images/s counts only the time inside training batches (a callback times them), the median over
@@ -104,7 +104,7 @@ def median_time(fn, repeats: int = 20, device: str = "cpu") -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
