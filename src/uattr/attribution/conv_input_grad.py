@@ -92,7 +92,11 @@ class _RerouteInputGradient(torch.autograd.Function):
 @contextmanager
 def _without_onednn() -> Iterator[None]:
     """ATen's own CPU convolution for the block (``torch.backends.mkldnn.enabled``; unlike
-    ``mkldnn.flags`` it leaves the other oneDNN flags alone)."""
+    ``mkldnn.flags`` it leaves the other oneDNN flags alone).
+
+    The flag is process-wide: another Python thread convolving during this one call would also
+    skip oneDNN (same results, other speed). CPU backward passes run on the calling thread.
+    """
     enabled = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False
     try:
