@@ -175,3 +175,31 @@ def test_validation_callbacks_show_and_score_the_readout_while_it_trains(tmp_pat
 
     with pytest.raises(ValueError, match="another classifier"):
         check_explains(ReadoutBottleneck(_module()), _classifier(seed=1))
+
+
+def test_bottleneck_maps_feed_the_degradation_bbox_and_sensitivity_metrics() -> None:
+    """Per-Sample IBA and Readout maps are plain [B, H, W] maps: every map metric takes them."""
+    import math
+
+    from uattr.attribution.iba import PerSampleBottleneck
+    from uattr.metrics import BoundingBoxRatio, Degradation, SensitivityN
+
+    module = _module()
+    data = _data()
+    module.readout.estimate(data, 64)
+    classifier = module.posterior
+    iba = PerSampleBottleneck(classifier, "backbone.conv2", beta=1.0, steps=3, noise_samples=2)
+    iba.estimate(data, n_samples=64)
+    x = _images(4)
+    boxes = torch.tensor([[4, 4, 12, 12]] * 4)  # xyxy, exclusive
+    for maps in (iba(x), ReadoutBottleneck(module)(x)):
+        assert maps.shape == (4, 28, 28) and (maps >= 0).all()
+        sensitivity = SensitivityN(n_values=(4, 16), num_masks=8)
+        sensitivity.update(classifier, x, maps)
+        assert all(math.isfinite(v) for v in sensitivity.compute().values())
+        degradation = Degradation(tile_size=7)
+        degradation.update(classifier, x, maps)
+        assert math.isfinite(float(degradation.compute()["degradation"]))
+        ratio = BoundingBoxRatio()
+        ratio.update(maps, boxes)
+        assert 0.0 <= float(ratio.compute()) <= 1.0
