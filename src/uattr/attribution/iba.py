@@ -16,11 +16,13 @@ r' = (R - mu_R) / sigma_R the information that Z keeps about R is, per element (
 The heat map is C summed over channels, in bits, scaled by (h w) / (H W) so the total number of
 bits is kept, and resized bilinearly to the image (:func:`capacity_map`).
 
-Posterior samples. The bottleneck is one forward hook that replaces a layer's output. MCDropout
-runs that layer once on S*B' rows (sample-major), a DeepEnsemble once per member (hook every
-member with ``"members.*.conv2"``): every call gets the same lambda for the same image, and the
-capacity is averaged over the S copies and the calls (for a layer before the first dropout the S
-copies are identical, so this is the capacity of the one feature map).
+Posterior samples. The bottleneck is one forward hook that replaces a layer's output and makes
+the noisy copies of every image (:class:`Bottleneck`). MCDropout runs a layer before its first
+dropout once on the B images (its shared prefix) and a later layer on S*B sample-major rows; a
+DeepEnsemble runs each member once (hook every member with ``"members.*.conv2"``). Every call
+gets the same lambda for the same image, and the capacity is averaged over the posterior copies
+the layer saw and over the calls (for a layer before the first dropout that is the capacity of
+the one feature map).
 """
 
 from __future__ import annotations
