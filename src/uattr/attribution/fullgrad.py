@@ -67,7 +67,8 @@ class FullGradientDecomposition(NamedTuple):
 
 
 def _fold_samples(grad: torch.Tensor, batch: int, name: str) -> torch.Tensor:
-    """A site gradient [N, ...] over N = S*B sample-major rows -> [B, ...] summed over samples."""
+    """A site gradient [N, ...] over N = P*B sample-major rows -> [B, ...] summed over samples
+    (P = S, or 1 for a layer before MCDropout's first dropout, run once for all samples)."""
     n = grad.shape[0]
     if n % batch:
         raise RuntimeError(
