@@ -393,10 +393,7 @@ class UABackprop(Attribution):
             if not batched:
                 grad_x, site_grads = grad_x[None], [g[None] for g in site_grads]
             dist = self._distribution(self._raw_map(grad_x, pf.inputs, sites, site_grads, rows))
-            if batched:
-                per_row += torch.einsum("kn,knhw->nhw", weights[:, classes].T, dist)
-            else:
-                per_row.addcmul_(weights[:, classes[0], None, None], dist[0])
+            per_row += torch.einsum("kn,knhw->nhw", weights[:, classes].T, dist)
         return per_row.view(s, b, *x.shape[-2:]).sum(0)
 
     def _attribute_naive(self, x: torch.Tensor, target: Target) -> torch.Tensor:

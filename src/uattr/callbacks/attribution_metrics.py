@@ -30,7 +30,6 @@ from uattr.metrics.localization import AnomalyLocalization
 
 __all__ = ["AttributionMetrics"]
 
-#: methods that explain class scores only, so they cannot attribute an uncertainty
 _ANOMALY_PATCH_KEYS = frozenset({"patch_size", "fill"})
 _ANOMALY_METRIC_KEYS = frozenset({"box_from", "q", "iou_threshold"})
 
