@@ -35,7 +35,7 @@ from uattr.attribution.bias_gradients import (
 from uattr.attribution.conv_input_grad import small_input_conv_gradients
 from uattr.bayes.posterior import check_uncertainty_kind
 from uattr.modes import evaluating
-from uattr.validation import check_images
+from uattr.common import check_images
 
 __all__ = ["FullGrad", "FullGradientDecomposition", "full_gradient_decomposition"]
 

@@ -30,7 +30,7 @@ from uattr.attribution.base import (
 )
 from uattr.attribution.conv_input_grad import small_input_conv_gradients
 from uattr.modes import evaluating
-from uattr.validation import check_images
+from uattr.common import check_images
 
 __all__ = [
     "BlurIG",

@@ -45,7 +45,7 @@ from uattr.bayes.evidential import dirichlet_uncertainty
 from uattr.bayes.posterior import check_uncertainty_kind, is_evidential, sample_logits
 from uattr.bayes.uncertainty import decompose_logits
 from uattr.modes import evaluating
-from uattr.validation import check_images
+from uattr.common import check_images
 
 __all__ = [
     "Bottleneck",

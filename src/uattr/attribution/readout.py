@@ -28,7 +28,7 @@ from uattr.attribution.iba import (
     named_layers,
 )
 from uattr.modes import evaluating
-from uattr.validation import check_images
+from uattr.common import check_images
 
 __all__ = ["Readout", "ReadoutBottleneck"]
 

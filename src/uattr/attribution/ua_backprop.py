@@ -78,7 +78,7 @@ from uattr.attribution.bias_gradients import (
 from uattr.bayes.evidential import evidence
 from uattr.bayes.posterior import check_uncertainty_kind, posterior_kind
 from uattr.modes import evaluating
-from uattr.validation import check_images
+from uattr.common import check_images
 
 __all__ = [
     "Contributions",

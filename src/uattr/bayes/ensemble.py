@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from uattr.validation import check_images
+from uattr.common import check_images
 
 __all__ = ["DeepEnsemble"]
 

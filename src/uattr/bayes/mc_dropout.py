@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from uattr.validation import check_images
+from uattr.common import check_images
 
 __all__ = ["MCDropout", "SUPPORTED_DROPOUT", "mask_seed"]
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from uattr.bayes.evidential import DirichletUncertainty, Evidential, dirichlet_uncertainty
 from uattr.bayes.uncertainty import Uncertainty, decompose_logits, predictive_probs
-from uattr.validation import check_images
+from uattr.common import EVIDENTIAL_UNCERTAINTY_KINDS, UNCERTAINTY_KINDS, check_images
 
 __all__ = [
     "EVIDENTIAL_UNCERTAINTY_KINDS",
@@ -38,9 +38,6 @@ __all__ = [
     "sample_logits",
     "uncertainty",
 ]
-
-UNCERTAINTY_KINDS: tuple[str, ...] = ("total", "aleatoric", "epistemic")
-EVIDENTIAL_UNCERTAINTY_KINDS: tuple[str, ...] = (*UNCERTAINTY_KINDS, "vacuity")
 
 PosteriorKind = Literal["sampling", "evidential", "deterministic"]
 

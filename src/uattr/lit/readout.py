@@ -17,7 +17,7 @@ from torch import nn
 from uattr.attribution.iba import log_predictive
 from uattr.attribution.readout import Readout
 from uattr.lit.routine import _is_plain
-from uattr.validation import check_images
+from uattr.common import check_images
 
 __all__ = ["DEFAULT_CLASSIFIER", "ReadoutBottleneckModule", "load_classifier"]
 

@@ -14,7 +14,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
 from uattr.metrics.calibration import BrierScore, NegativeLogLikelihood
-from uattr.validation import check_images
+from uattr.common import check_images
 
 __all__ = ["ClassifierRoutine", "Prediction"]
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from uattr.modes import evaluating
-from uattr.validation import check_images
+from uattr.common import check_images
 
 UncertaintyFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 ProbabilityFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
