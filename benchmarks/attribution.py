@@ -1,4 +1,4 @@
-"""Cost of the attribution methods, as multiples of one training step (research/performance.md §6).
+"""Cost of the attribution methods, as multiples of one training step on the same rows.
 
 Setup: LeNet5 on MNIST-sized inputs (random [0, 1] images: the cost does not depend on the
 pixels), MC dropout with S posterior samples, B images, K = 10 classes, target = epistemic
@@ -14,12 +14,13 @@ over the training step's median, and the peak memory of the call:
   outside the timed ones. It counts tensors from PyTorch's CPU allocator only (not Python objects
   or allocator fragmentation), the CPU analogue of the CUDA number.
 
-Targets (research/performance.md §6): UA-Backprop <= 6.5 training steps at K = 10; the batched path
->= 5x faster than the naive (s, i) loop.
+The targets are the project's (see docs/choices_and_timings.md): UA-Backprop <= 6.5 training steps
+at K = 10 (1.5 x the floor of (1 + K) / 3 steps that one forward and K input backwards cost, plus
+one step); the batched path >= 5x faster than the naive (s, i) loop.
 
 A second table (``--iba-batch``, default 32 digits; 0 skips it) times the information bottlenecks
-with ``benchmarks/iba.py``: Per-Sample IBA batched vs one image at a time (target >= 3x),
-and Readout maps vs one forward pass.
+with ``benchmarks/iba.py``: Per-Sample IBA batched vs one image at a time (the target is >= 3x,
+see docs/choices_and_timings.md), and Readout maps vs one forward pass.
 
 Other methods join the table through ``REGISTRY`` / ``OPTIONAL``: an optional entry names a module
 and a class and is skipped, with a note, when it cannot be imported.
@@ -83,7 +84,9 @@ REGISTRY: dict[str, Factory] = {
     "UA-Backprop batched, autograd conv1 grad": lambda post, a: _plain_conv_gradients(
         UABackprop(post)
     ),
-    "UA-Backprop is_grads_batched (chunk=None)": lambda post, a: UABackprop(post, class_chunk=None),
+    "UA-Backprop is_grads_batched (classes_per_backward=None)": lambda post, a: UABackprop(
+        post, classes_per_backward=None
+    ),
     NAIVE: lambda post, a: UABackprop(post, naive=True),
     "FullGrad": lambda post, a: FullGrad(post),
 }
@@ -92,7 +95,11 @@ REGISTRY: dict[str, Factory] = {
 #: SmoothGrad run 8 images' copies per pass to bound memory (same work as one pass).
 OPTIONAL: dict[str, tuple[str, str, dict]] = {
     "Gradient": ("uattr.attribution.gradients", "Gradient", {}),
-    "SmoothGrad (n=25)": ("uattr.attribution.gradients", "SmoothGrad", {"batch_size": 512}),
+    "SmoothGrad (n=25)": (
+        "uattr.attribution.gradients",
+        "SmoothGrad",
+        {"internal_batch_size": 512},
+    ),
     "IntegratedGradients (50 steps)": (
         "uattr.attribution.gradients",
         "IntegratedGradients",
@@ -224,7 +231,10 @@ def main(argv: list[str] | None = None) -> None:
     }
     backbone.zero_grad(set_to_none=True)
 
-    header = f"| {'method':42s} | {'median s':>9s} | {'x train step':>12s} | {'peak MiB':>9s} |"
+    width = max(42, *(len(label) for label in times))
+    header = (
+        f"| {'method':{width}s} | {'median s':>9s} | {'x train step':>12s} | {'peak MiB':>9s} |"
+    )
     print()
     print(header)
     print("|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|")
@@ -233,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         ratio = statistics.median(t / step for t, step in zip(ts, times[STEP], strict=True))
         results[label] = ratio
         print(
-            f"| {label:42s} | {statistics.median(ts):9.3f} | {ratio:12.2f} | "
+            f"| {label:{width}s} | {statistics.median(ts):9.3f} | {ratio:12.2f} | "
             f"{memory[label] / 2**20:9.1f} |"
         )
     for note in notes:
@@ -258,8 +268,8 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     if args.iba_batch:
-        # Per-Sample IBA and Readout (issue 6): their own units, one image at a time and one
-        # forward, on real digits (the feature statistics are estimated from mnist5k).
+        # Per-Sample IBA and Readout: their own units, one image at a time and one forward, on
+        # real digits (the feature statistics are estimated from mnist5k).
         import iba
 
         data = iba.MNIST5k(batch_size=128)

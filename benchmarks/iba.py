@@ -1,16 +1,16 @@
-"""Cost of the information-bottleneck attributions (issue 6; research/performance.md §4 "IBA").
+"""Cost of the information-bottleneck attributions (Schulz et al., ICLR 2020), batched and not.
 
 1. Per-Sample IBA batched (all B images and their noise copies in one forward per step) against the
-   IBA library's way, one image at a time, for a batch of B = 32. Target: >= 3x faster per image
-   on CPU.
+   IBA library's way, one image at a time, for a batch of B = 32. The target is >= 3x faster per
+   image on CPU (see docs/choices_and_timings.md).
 2. Readout Bottleneck maps (one nested forward + the 1x1-conv readout) against one plain forward
    pass of the posterior on the same images (no gradients).
 
 Setup: the embedded default's shapes: LeNet5 with MC dropout, S = 20 fixed posterior samples,
 MNIST digits (mnist5k; the cost does not depend on the weights, which are random here unless
 ``--ckpt`` names a classifier checkpoint), bottleneck at ``backbone.conv2`` (16 x 10 x 10), the
-spec's defaults (10 steps, 10 noise copies), class target = predicted class. Times are medians of
-``--runs`` runs after one warm-up run (the one-at-a-time loop: ``--loop-runs``).
+IBA library's defaults (10 steps, 10 noise copies), class target = predicted class. Times are
+medians of ``--runs`` runs after one warm-up run (the one-at-a-time loop: ``--loop-runs``).
 
 Usage: ``python benchmarks/iba.py [--device cpu|cuda] [--batch 32] [--samples 20] [--runs 3]
 [--loop-runs 1] [--threads N] [--ckpt PATH]``
@@ -30,8 +30,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from uattr.attribution.iba import PerSampleBottleneck  # noqa: E402
-from uattr.attribution.readout import Readout, ReadoutBottleneck  # noqa: E402
+from uattr.attribution.iba import (  # noqa: E402
+    PerSampleBottleneck,  # noqa: E402
+    Readout,
+    ReadoutBottleneck,
+)
 from uattr.bayes import MCDropout  # noqa: E402
 from uattr.data import MNIST5k  # noqa: E402
 from uattr.models import LeNet5  # noqa: E402
@@ -88,7 +91,7 @@ def measure(
 
     readout = Readout(post, "backbone.conv2", READOUTS, tuple(x.shape[1:])).to(device)
     readout.estimate(data, n_samples=1000)
-    method = ReadoutBottleneck(readout)
+    method = ReadoutBottleneck(post, readout)
     t_readout = _median_time(lambda: method(x), max(runs, 5), device)
     with torch.no_grad():
         t_forward = _median_time(lambda: post.sample_logits(x), max(runs, 5), device)

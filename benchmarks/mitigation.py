@@ -1,4 +1,4 @@
-"""The mitigation table (research/ua-backprop.md 2.3): fine-tune with attention from each map.
+"""The mitigation table (Wang et al., CVPR 2023): fine-tune with attention from each map.
 
     python train.py fit --config configs/mnist5k_lenet_mcdropout.yaml        # the starting model
     python benchmarks/mitigation.py --base checkpoints/mnist5k_lenet_mcdropout/last.ckpt \\
@@ -54,7 +54,7 @@ from uattr.metrics.calibration import negative_log_likelihood
 METHODS: dict[str, tuple[str, dict]] = {
     "UA-Backprop": ("ua_backprop", {}),
     "Gradient": ("gradient", {}),
-    "SmoothGrad": ("smoothgrad", {"num_samples": 10, "batch_size": 256}),
+    "SmoothGrad": ("smoothgrad", {"num_samples": 10, "internal_batch_size": 256}),
     "FullGrad": ("fullgrad", {}),
     "IG": ("integrated_gradients", {"steps": 16, "internal_batch_size": 256}),
     "Blur IG": ("blur_ig", {"steps": 16, "internal_batch_size": 256}),

@@ -5,11 +5,12 @@
 Both modules train the same LeNet-5 on the same in-memory mnist5k batches with the same optimiser;
 images/s counts only the time inside training batches (a callback times them), the median over
 repeats, alternating the two modules so machine noise hits both alike. The target is a ratio
->= 0.9: the Bayesian routine's bookkeeping (input checks, metrics) must cost little. Then the cost
-of ``MCDropout.sample_logits`` (S = 20, fixed masks) as a multiple of one plain forward of the
-B-image batch and of a plain forward of S*B rows, with the shared prefix (the default: the layers
-before the first dropout run on B rows, the rest on S*B) and without it (``share_prefix=False``:
-every layer on S*B rows, so about 1 x the S*B-row forward plus the hooks' overhead).
+>= 0.9 (see docs/choices_and_timings.md): the Bayesian routine's bookkeeping (input checks,
+metrics) must cost little. Then the cost of ``MCDropout.sample_logits`` (S = 20, fixed masks)
+as a multiple of one plain forward of the B-image batch and of a plain forward of S*B rows, with
+the shared prefix (the default: the layers before the first dropout run on B rows, the rest on
+S*B) and without it (``share_prefix=False``: every layer on S*B rows, so about 1 x the S*B-row
+forward plus the hooks' overhead).
 """
 
 from __future__ import annotations

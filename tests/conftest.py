@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,6 +36,18 @@ def run_train_py(args: list[str], cwd: Path, timeout: float = 600) -> subprocess
             f"train.py {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
         )
     return result
+
+
+def resolved_config(*args: str) -> dict:
+    """The configuration ``train.py fit *args`` would run (includes applied, defaults filled),
+    as ``--print_config`` prints it; parsed in-process, nothing instantiated."""
+    from uattr.cli import UattrCLI
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), pytest.raises(SystemExit) as exit_:
+        UattrCLI(args=["fit", *args, "--print_config"])
+    assert exit_.value.code in (0, None), printed.getvalue()
+    return yaml.safe_load(printed.getvalue())
 
 
 @pytest.fixture(scope="session")
@@ -68,3 +83,41 @@ def train_on_mnist5k(make_module, epochs: int):
     trainer.fit(module, datamodule=data)
     data.setup("test")
     return module.eval(), data
+
+
+def scaled_lenet(seed: int = 0, scale: float = 3.0):
+    """A random LeNet5 (dropout 0.3) in eval mode with its last layer scaled by ``scale``:
+    predictions far from uniform, so uncertainties and their maps are well above rounding."""
+    import torch
+
+    from uattr.models import LeNet5
+
+    torch.manual_seed(seed)
+    net = LeNet5(dropout=0.3)
+    with torch.no_grad():
+        net.fc3.weight.mul_(scale)
+        net.fc3.bias.mul_(scale)
+    return net.eval()
+
+
+def random_images(b: int = 3, seed: int = 1, size: int = 28):
+    """``b`` seeded uniform one-channel images [b, 1, size, size]."""
+    import torch
+
+    return torch.rand(b, 1, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def randomise_batchnorm(net, seed: int = 0) -> None:
+    """Give every BatchNorm2d of ``net`` random running statistics and affine parameters."""
+    import torch
+    from torch import nn
+
+    gen = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=gen) - 0.5)

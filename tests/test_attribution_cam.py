@@ -1,4 +1,5 @@
-"""Grad-CAM, ContrastCAM, CounterfactualCAM against direct computations, and the method contract.
+"""Grad-CAM, ContrastCAM, CounterfactualCAM against direct computations (the contract every
+method keeps is ``test_attribution_contract.py``).
 
 The direct computations split LeNet5 at ``conv2``: the conv2 output A is made a leaf, the rest of
 the network is run from it by hand (with MCDropout's recorded masks where there are samples), and
@@ -11,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import random_images, scaled_lenet
 from torch import nn
 
 from uattr.attribution.cam import ContrastCAM, CounterfactualCAM, GradCAM, resolve_layers
@@ -20,18 +22,8 @@ from uattr.models import CifarResNet18, LeNet5
 H = W = 28
 
 
-def _lenet(scale: float = 3.0, seed: int = 0) -> LeNet5:
-    """A random LeNet5 in eval mode with a scaled-up last layer (non-uniform predictions)."""
-    torch.manual_seed(seed)
-    net = LeNet5(dropout=0.3)
-    with torch.no_grad():
-        net.fc3.weight.mul_(scale)
-        net.fc3.bias.mul_(scale)
-    return net.eval()
 
 
-def _images(b: int = 3, seed: int = 1) -> torch.Tensor:
-    return torch.rand(b, 1, H, W, generator=torch.Generator().manual_seed(seed))
 
 
 def _conv2_input(net: LeNet5, x: torch.Tensor) -> torch.Tensor:
@@ -68,8 +60,8 @@ def _direct_plain(net: LeNet5, x: torch.Tensor, objective, sign: float = 1.0) ->
 
 
 def test_gradcam_of_a_class_equals_direct_computation() -> None:
-    net = _lenet()
-    x = _images()
+    net = scaled_lenet()
+    x = random_images()
     target = torch.tensor([3, 0, 9])
     expected = _direct_plain(net, x, lambda z: z.gather(1, target[:, None])[:, 0])
     got = GradCAM(net, "conv2")(x, target)
@@ -80,8 +72,8 @@ def test_gradcam_of_a_class_equals_direct_computation() -> None:
 
 
 def test_counterfactual_cam_is_gradcam_with_negated_weights() -> None:
-    net = _lenet()
-    x = _images()
+    net = scaled_lenet()
+    x = random_images()
     target = torch.tensor([3, 0, 9])
     expected = _direct_plain(net, x, lambda z: z.gather(1, target[:, None])[:, 0], sign=-1.0)
     got = CounterfactualCAM(net, "conv2")(x, target)
@@ -90,8 +82,8 @@ def test_counterfactual_cam_is_gradcam_with_negated_weights() -> None:
 
 
 def test_contrast_cam_default_contrast_is_second_class() -> None:
-    net = _lenet()
-    x = _images()
+    net = scaled_lenet()
+    x = random_images()
     with torch.no_grad():
         order = net(x).argsort(1, descending=True)
     p, q = order[:, 0], order[:, 1]
@@ -109,8 +101,8 @@ def test_contrast_cam_default_contrast_is_second_class() -> None:
 
 
 def test_contrast_cam_with_a_fixed_contrast_class() -> None:
-    net = _lenet()
-    x = _images()
+    net = scaled_lenet()
+    x = random_images()
     p = torch.tensor([1, 2, 3])
     expected = _direct_plain(
         net, x, lambda z: F.cross_entropy(z, torch.full((3,), 7), reduction="none")
@@ -123,9 +115,9 @@ def test_contrast_cam_with_a_fixed_contrast_class() -> None:
 def test_gradcam_mc_dropout_averages_samples_before_relu() -> None:
     """Class and uncertainty targets through S fixed dropout samples (masks after conv2, so every
     sample shares A and the weights are the GAP of the S-sample target's gradient)."""
-    net = _lenet()
+    net = scaled_lenet()
     post = MCDropout(net, num_samples=5, seed=3)
-    x = _images()
+    x = random_images()
     masks = post.masks(x)
     m0, m1, m2 = (masks[n] for n in ("drop0", "drop1", "drop2"))
     target = torch.tensor([1, 4, 4])
@@ -150,9 +142,9 @@ def test_gradcam_mc_dropout_averages_samples_before_relu() -> None:
 def test_gradcam_ensemble_sums_members_then_relu() -> None:
     """Members have their own activations A_m: M = ReLU(sum_m sum_k alpha_mk A_m^k), not the mean
     of per-member ReLUs."""
-    members = [_lenet(seed=s) for s in range(3)]
+    members = [scaled_lenet(seed=s) for s in range(3)]
     ens = DeepEnsemble(members)
-    x = _images()
+    x = random_images()
     target = torch.tensor([2, 5, 7])
     with torch.enable_grad():
         acts = [m.conv2(_conv2_input(m, x)).detach().requires_grad_() for m in members]
@@ -166,8 +158,8 @@ def test_gradcam_ensemble_sums_members_then_relu() -> None:
 
 
 def test_normalize_option_is_per_image_min_max() -> None:
-    net = _lenet()
-    x = _images()
+    net = scaled_lenet()
+    x = random_images()
     target = torch.tensor([3, 0, 9])
     raw = GradCAM(net, "conv2")(x, target)
     scaled = GradCAM(net, "conv2", normalize=True)(x, target)
@@ -190,7 +182,7 @@ def test_resnet_layer4_runs() -> None:
 
 
 def test_layer_resolution_and_errors() -> None:
-    net = _lenet()
+    net = scaled_lenet()
     post = MCDropout(net, num_samples=2)
     assert resolve_layers(post, "backbone.conv2") == [net.conv2]
     assert resolve_layers(post, net.conv2) == [net.conv2]
@@ -200,7 +192,7 @@ def test_layer_resolution_and_errors() -> None:
     with pytest.raises(ValueError, match="not a submodule"):
         GradCAM(post, nn.Conv2d(1, 1, 3))
     with pytest.raises(ValueError, match="feature maps"):
-        GradCAM(net, "fc1")(_images(), torch.tensor([0, 1, 2]))
+        GradCAM(net, "fc1")(random_images(), torch.tensor([0, 1, 2]))
 
 
 def test_in_place_modified_layer_output_is_rejected() -> None:
@@ -208,93 +200,26 @@ def test_in_place_modified_layer_output_is_rejected() -> None:
         nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(4 * H * W, 3)
     )
     with pytest.raises(RuntimeError, match="modified in place"):
-        GradCAM(model, "0")(_images(), torch.tensor([0, 1, 2]))
+        GradCAM(model, "0")(random_images(), torch.tensor([0, 1, 2]))
 
 
 def test_hooks_are_removed_even_on_errors() -> None:
-    net = _lenet()
+    net = scaled_lenet()
     method = GradCAM(net, "conv2")
     with pytest.raises(ValueError):
-        method(_images(), torch.tensor([0, 1, 99]))
+        method(random_images(), torch.tensor([0, 1, 99]))
     assert not net.conv2._forward_hooks
-    method(_images(), torch.tensor([0, 1, 2]))
+    method(random_images(), torch.tensor([0, 1, 2]))
     assert not net.conv2._forward_hooks
 
 
-# ---------------------------------------------------------------- the method contract
-
-METHODS = {
-    "gradcam": lambda m, layer: GradCAM(m, layer),
-    "counterfactual": lambda m, layer: CounterfactualCAM(m, layer),
-    "contrast": lambda m, layer: ContrastCAM(m, layer),
-}
-CLASSES = torch.tensor([1, 4, 7, 0])
-
-
-def _target(name: str, b: int):
-    # Kinds whose maps are non-zero on the random test network (ReLU keeps one sign only).
-    return {"contrast": CLASSES[:b], "gradcam": "epistemic", "counterfactual": "total"}[name]
-
-
-@pytest.mark.parametrize("name", METHODS)
-def test_modes_restored_and_grad_contexts(name: str) -> None:
-    post = MCDropout(_lenet(), num_samples=3)
-    post.train()
-    post.backbone.conv1.eval()
-    flags = [m.training for m in post.modules()]
-    method = METHODS[name](post, "backbone.conv2")
-    x = _images()
-    plain = method(x, _target(name, 3))
-    with torch.no_grad():
-        under_no_grad = method(x, _target(name, 3))
-    with torch.inference_mode():
-        under_inference = method(x, _target(name, 3))
-    assert [m.training for m in post.modules()] == flags
-    torch.testing.assert_close(under_no_grad, plain, rtol=0, atol=0)  # also: deterministic
-    torch.testing.assert_close(under_inference, plain, rtol=0, atol=0)
-    assert plain.shape == (3, H, W) and not plain.requires_grad
-    assert all(p.grad is None for p in post.parameters())
-
-
-@pytest.mark.parametrize("name", METHODS)
-def test_batch_independence(name: str) -> None:
-    post = MCDropout(_lenet(), num_samples=3)
-    method = METHODS[name](post, "backbone.conv2")
-    x = _images(4)
-    other = x.clone()
-    other[[0, 2, 3]] = _images(3, seed=7)
-    target = _target(name, 4)
-    full = method(x, target)
-    mixed = method(other, target)
-    scale = full.abs().max()
-    assert scale > 0
-    for b in range(4):
-        alone = method(
-            x[b : b + 1], target[b : b + 1] if isinstance(target, torch.Tensor) else target
-        )
-        torch.testing.assert_close(alone[0], full[b], rtol=1e-5, atol=1e-5 * scale)
-    torch.testing.assert_close(mixed[1], full[1], rtol=1e-5, atol=1e-5 * scale)
-
-
-@pytest.mark.parametrize("name", METHODS)
-def test_bad_inputs_raise_clear_errors(name: str) -> None:
-    post = MCDropout(_lenet(), num_samples=2)
-    method = METHODS[name](post, "backbone.conv2")
-    x = _images()
-    bad = x.clone()
-    bad[0, 0, 0, 0] = float("inf")
-    with pytest.raises(ValueError, match="NaN or Inf"):
-        method(bad, _target(name, 3))
-    with pytest.raises(ValueError, match="unknown target"):
-        method(x, "confidence")
-    with pytest.raises(ValueError, match="out of range"):
-        method(x, torch.tensor([0, 1, 10]))
+# ---------------------------------------------------------------- arguments and posteriors
 
 
 def test_contrast_cam_argument_errors() -> None:
-    net = _lenet()
-    x = _images()
-    with pytest.raises(ValueError, match="needs class indices"):
+    net = scaled_lenet()
+    x = random_images()
+    with pytest.raises(ValueError, match="explains class scores only"):
         ContrastCAM(net, "conv2")(x, "epistemic")
     with pytest.raises(ValueError, match="Q != P"):
         ContrastCAM(net, "conv2", contrast=1)(x, torch.tensor([0, 1, 2]))
@@ -305,17 +230,17 @@ def test_contrast_cam_argument_errors() -> None:
 
 
 @pytest.mark.parametrize("posterior", ["mc_dropout", "ensemble", "evidential"])
-def test_every_posterior(posterior: str) -> None:
+def test_maps_are_nonnegative_on_every_posterior(posterior: str) -> None:
     if posterior == "mc_dropout":
-        model, layer = MCDropout(_lenet(), num_samples=3), "backbone.conv2"
+        model, layer = MCDropout(scaled_lenet(), num_samples=3), "backbone.conv2"
         kinds = ("total", "aleatoric", "epistemic")
     elif posterior == "ensemble":
-        model, layer = DeepEnsemble([_lenet(seed=s) for s in range(2)]), "members.*.conv2"
+        model, layer = DeepEnsemble([scaled_lenet(seed=s) for s in range(2)]), "members.*.conv2"
         kinds = ("total", "aleatoric", "epistemic")
     else:
-        model, layer = Evidential(_lenet()), "backbone.conv2"
+        model, layer = Evidential(scaled_lenet()), "backbone.conv2"
         kinds = ("total", "aleatoric", "epistemic", "vacuity")
-    x = _images(2)
+    x = random_images(2)
     for cls in (GradCAM, CounterfactualCAM):
         for kind in kinds:
             maps = cls(model, layer)(x, kind)

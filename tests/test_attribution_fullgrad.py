@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import randomise_batchnorm
 from torch import nn
 
 from uattr.attribution.bias_gradients import bias_modules, effective_bias
@@ -33,16 +34,6 @@ def _lenet(seed: int = 0, dropout: float = 0.5) -> LeNet5:
     return net
 
 
-def _randomise_batchnorm(net: nn.Module, seed: int = 0) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.bias.copy_(torch.rand(n, generator=gen) - 0.5)
 
 
 def _assert_complete(d, rtol: float = 1e-4) -> None:
@@ -77,7 +68,7 @@ def test_completeness_one_dropout_sample_equals_that_sample_logit():
 def test_completeness_resnet_with_batchnorm_stats_and_inplace_residual():
     torch.manual_seed(0)
     net = CifarResNet18(num_classes=10, dropout=0.5)
-    _randomise_batchnorm(net)
+    randomise_batchnorm(net)
     model, x = MCDropout(net, num_samples=2), _images(b=2, channels=3, size=32)
     d = full_gradient_decomposition(model, x, torch.tensor([1, 7]))
     _assert_complete(d)
@@ -119,14 +110,14 @@ def test_inplace_relu_after_conv_is_handled():
 
     torch.manual_seed(0)
     net = Net()
-    _randomise_batchnorm(net)
+    randomise_batchnorm(net)
     d = full_gradient_decomposition(net, _images(b=4, size=16), torch.tensor([0, 1, 2, 0]))
     _assert_complete(d)
 
 
 def test_effective_bias_folds_batchnorm():
     bn = nn.BatchNorm2d(3).eval()
-    _randomise_batchnorm(bn)
+    randomise_batchnorm(bn)
     bias, dim = effective_bias(bn)
     h = torch.zeros(1, 3, 1, 1)
     torch.testing.assert_close(bias, bn(h).flatten())  # BN(0) is its bias
@@ -197,25 +188,26 @@ def test_fullgrad_on_evidential_vacuity_and_ensemble():
     assert maps.shape == (3, 28, 28) and torch.isfinite(maps).all()
 
 
-def test_modes_no_grad_inference_mode_and_errors():
+def test_decomposition_restores_modes_and_runs_under_inference_mode():
+    """The decomposition (a function, not a method: the contract test does not see it) keeps
+    every flag and works when the caller disabled gradients."""
     model = MCDropout(_lenet(), num_samples=2)
     model.train()
     model.backbone.conv1.eval()
     before = [m.training for m in model.modules()]
-    method, target = FullGrad(model), torch.tensor([0, 1, 2])
-    expected = method(_images(), target)
+    target = torch.tensor([0, 1, 2])
+    expected = full_gradient_decomposition(model, _images(), target)
     assert [m.training for m in model.modules()] == before
-    with torch.no_grad():
-        torch.testing.assert_close(method(_images(), target), expected)
     with torch.inference_mode():
-        maps = method(_images(), target)
         d = full_gradient_decomposition(model, _images(), target)
-    torch.testing.assert_close(maps.clone(), expected)
+    assert [m.training for m in model.modules()] == before
+    torch.testing.assert_close(d.output.clone(), expected.output)
     _assert_complete(d)
     assert all(p.grad is None for p in model.parameters())
-    bad = _images()
-    bad[0, 0, 0, 0] = float("inf")
-    with pytest.raises(ValueError, match="NaN or Inf"):
-        method(bad, target)
-    with pytest.raises(ValueError, match="vacuity"):
-        method(_images(), "vacuity")
+    model.eval()
+    with torch.no_grad():
+        predicted = model.sample_logits(_images()).softmax(-1).mean(0).argmax(-1)
+    torch.testing.assert_close(
+        full_gradient_decomposition(model, _images(), None).output,
+        full_gradient_decomposition(model, _images(), predicted).output,
+    )

@@ -1,7 +1,9 @@
-"""Gradient, SmoothGrad, Integrated Gradients and Blur IG: known answers and the method contract.
+"""Gradient, SmoothGrad, Integrated Gradients and Blur IG: known answers and their arguments.
 
 Known answers come from toy models whose attributions are analytic (a linear model's gradient is
-its weight) and from completeness (path methods sum to F(x) - F(x')).
+its weight) and from completeness (path methods sum to F(x) - F(x')). The contract every method
+keeps (modes, grad contexts, batch independence, errors, targets) is
+``test_attribution_contract.py``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from uattr.attribution.gradients import (
     gaussian_blur,
     integration_rule,
 )
-from uattr.bayes import DeepEnsemble, Evidential, MCDropout, uncertainty
+from uattr.bayes import MCDropout, uncertainty
 from uattr.models import LeNet5
 
 H = W = 28
@@ -108,7 +110,7 @@ def test_smoothgrad_noise_scale_follows_pair() -> None:
 def test_smoothgrad_chunking_matches_one_pass(post: MCDropout) -> None:
     x = _images()
     one = SmoothGrad(post, num_samples=5)(x, "total")
-    chunked = SmoothGrad(post, num_samples=5, batch_size=2 * x.shape[0])(x, "total")
+    chunked = SmoothGrad(post, num_samples=5, internal_batch_size=2 * x.shape[0])(x, "total")
     torch.testing.assert_close(chunked, one, rtol=1e-5, atol=1e-8)
 
 
@@ -245,81 +247,7 @@ def test_blur_ig_uncertainty_and_options(post: MCDropout) -> None:
     assert sq.sigmas()[-1] == 3.0 and sq.sigmas()[1] > BlurIG(post, steps=8).sigmas()[1]
 
 
-# ---------------------------------------------------------------- the method contract
-
-METHODS = {
-    "gradient": lambda m: Gradient(m),
-    "smoothgrad": lambda m: SmoothGrad(m, num_samples=3),
-    "ig": lambda m: IntegratedGradients(m, steps=6),
-    "blur_ig": lambda m: BlurIG(m, steps=6),
-}
-
-
-@pytest.mark.parametrize("name", METHODS)
-def test_modes_restored_and_grad_contexts(post: MCDropout, name: str) -> None:
-    post.train()
-    post.backbone.drop1.eval()  # a mixed pattern that must survive exactly
-    flags = [m.training for m in post.modules()]
-    method = METHODS[name](post)
-    x = _images()
-    plain = method(x, "total")
-    assert [m.training for m in post.modules()] == flags
-    with torch.no_grad():
-        under_no_grad = method(x, "total")
-    with torch.inference_mode():
-        under_inference = method(x, "total")
-    assert [m.training for m in post.modules()] == flags
-    torch.testing.assert_close(under_no_grad, plain, rtol=0, atol=0)  # also: deterministic
-    torch.testing.assert_close(under_inference, plain, rtol=0, atol=0)
-    assert not plain.requires_grad and plain.shape == (3, H, W)
-    assert all(p.grad is None for p in post.parameters())
-    post.eval()
-
-
-@pytest.mark.parametrize("name", METHODS)
-def test_batch_independence(post: MCDropout, name: str) -> None:
-    method = METHODS[name](post)
-    x = _images(4)
-    other = x.clone()
-    other[[0, 2, 3]] = _images(3, seed=7)
-    full = method(x, "epistemic")
-    alone = method(x[1:2], "epistemic")
-    mixed = method(other, "epistemic")
-    scale = full[1].abs().max()
-    torch.testing.assert_close(alone[0], full[1], rtol=1e-5, atol=1e-5 * scale)
-    torch.testing.assert_close(mixed[1], full[1], rtol=1e-5, atol=1e-5 * scale)
-
-
-@pytest.mark.parametrize("name", METHODS)
-def test_bad_inputs_raise_clear_errors(post: MCDropout, name: str) -> None:
-    method = METHODS[name](post)
-    x = _images()
-    bad = x.clone()
-    bad[1, 0, 3, 3] = float("nan")
-    with pytest.raises(ValueError, match="NaN or Inf"):
-        method(bad, "total")
-    with pytest.raises(ValueError, match="unknown target 'entropy'"):
-        method(x, "entropy")
-    with pytest.raises(ValueError, match="out of range"):
-        method(x, torch.tensor([0, 1, 10]))
-
-
-@pytest.mark.parametrize("name", METHODS)
-@pytest.mark.parametrize("posterior", ["mc_dropout", "ensemble", "evidential"])
-def test_uncertainty_targets_on_every_posterior(name: str, posterior: str) -> None:
-    if posterior == "mc_dropout":
-        model, kinds = MCDropout(_lenet(), num_samples=3), ("total", "aleatoric", "epistemic")
-    elif posterior == "ensemble":
-        model = DeepEnsemble([_lenet(seed=s) for s in range(2)])
-        kinds = ("total", "aleatoric", "epistemic")
-    else:
-        model, kinds = Evidential(_lenet()), ("total", "epistemic", "vacuity")
-    x = _images(2)
-    for kind in kinds:
-        maps = METHODS[name](model)(x, kind)
-        assert maps.shape == (2, H, W) and torch.isfinite(maps).all()
-    classes = METHODS[name](model)(x, torch.tensor([1, 2]))
-    assert classes.abs().sum() > 0
+# ---------------------------------------------------------------- arguments
 
 
 def test_constructor_arguments_are_checked(post: MCDropout) -> None:
@@ -335,3 +263,12 @@ def test_constructor_arguments_are_checked(post: MCDropout) -> None:
         IntegratedGradients(post, baseline=torch.zeros(2, 5, 5))(_images(), "total")
     with pytest.raises(ValueError, match="max_sigma"):
         BlurIG(post, max_sigma=0)
+    with pytest.raises(ValueError, match="internal_batch_size must be an int >= 1"):
+        SmoothGrad(post, internal_batch_size=0)
+
+
+def test_old_argument_name_says_the_new_one(post: MCDropout) -> None:
+    """SmoothGrad's chunk size has Captum's name, like IG's and Blur IG's; no silent alias."""
+    with pytest.raises(TypeError, match="renamed to 'internal_batch_size'"):
+        SmoothGrad(post, batch_size=8)
+    assert SmoothGrad(post, internal_batch_size=8).internal_batch_size == 8

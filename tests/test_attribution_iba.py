@@ -19,11 +19,16 @@ from uattr.attribution.iba import (
     PerSampleBottleneck,
     capacity,
     capacity_map,
-    forward_posterior,
     gaussian_smoothing,
-    predicted_class,
 )
 from uattr.bayes import DeepEnsemble, Evidential, MCDropout
+from uattr.bayes.outputs import (
+    forward_posterior,
+    log_predictive,
+    module_device,
+    posterior_uncertainty,
+    predicted_class,
+)
 from uattr.models import LeNet5
 
 H = W = 28
@@ -269,3 +274,26 @@ def test_estimator_matches_torch_and_round_trips(post, tmp_path) -> None:
     with pytest.raises(ValueError, match="feature estimator"):
         torch.save({"x": torch.zeros(1)}, tmp_path / "bad.pt")
         FeatureEstimator.load(tmp_path / "bad.pt")
+
+
+# ---- the posterior-output adapters and the metadata ---------------------------------------
+def test_posterior_outputs_agree_with_the_posterior_api(post) -> None:
+    """log_predictive / posterior_uncertainty of one raw forward equal the bayes API's values."""
+    from uattr.bayes.posterior import model_uncertainties, predictive_distribution
+
+    x = _images(3)
+    for model in (post, Evidential(_lenet())):
+        with torch.no_grad():
+            out = forward_posterior(model, x)
+            torch.testing.assert_close(log_predictive(model, out).exp(),
+                                       predictive_distribution(model, x))
+            for kind, value in model_uncertainties(model, x)._asdict().items():
+                torch.testing.assert_close(posterior_uncertainty(model, out, kind), value)
+    assert forward_posterior(post, x).shape == (4, 3, 10)  # [S, B, K]
+    assert module_device(post) == torch.device("cpu")
+    assert module_device(nn.ReLU()) == torch.device("cpu")  # no parameters: the CPU
+
+
+def test_metadata() -> None:
+    assert PerSampleBottleneck.label == "Per-Sample IBA"
+    assert PerSampleBottleneck.needs_layer and PerSampleBottleneck.needs_statistics

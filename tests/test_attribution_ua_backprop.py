@@ -1,4 +1,5 @@
-"""UA-Backprop: completeness, decomposition, routing limit, batched == reference loop, contract.
+"""UA-Backprop: completeness, decomposition, routing limit, batched == reference loop (the
+contract every method keeps is ``test_attribution_contract.py``).
 
 Models are random (nothing is trained) with a scaled-up classifier so predictions are far from
 uniform and the three uncertainties are all well above float rounding (epistemic ~0.1 nats).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import randomise_batchnorm
 from torch import nn
 
 from uattr.attribution.ua_backprop import (
@@ -110,7 +112,7 @@ def test_total_is_aleatoric_plus_epistemic(models, name):
         {"bias_terms": False},
         {"per_term_rescale": True},
         {"tau1": 1.0},
-        {"class_chunk": 3},
+        {"classes_per_backward": 3},
     ],
     ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "defaults",
 )
@@ -138,7 +140,7 @@ def test_batched_equals_naive_loop(models, name, target):
         target = torch.tensor([0, 3, 7])
     batched = UABackprop(model)(x, target)
     naive = UABackprop(model, naive=True)(x, target)
-    chunked = UABackprop(model, class_chunk=1)(x, target)
+    chunked = UABackprop(model, classes_per_backward=None)(x, target)
     torch.testing.assert_close(batched, naive, rtol=1e-5, atol=1e-9)
     torch.testing.assert_close(chunked, naive, rtol=1e-5, atol=1e-9)
 
@@ -147,9 +149,9 @@ def test_batched_equals_naive_on_resnet_with_batchnorm():
     """BatchNorm folding, the in-place residual add and the Normalize bias on a real ResNet."""
     torch.manual_seed(0)
     net = CifarResNet18(num_classes=4, dropout=0.5)
-    _randomise_batchnorm(net)
+    randomise_batchnorm(net)
     model, x = MCDropout(net, num_samples=2), _images(b=1, channels=3, size=16)
-    batched = UABackprop(model, class_chunk=2)(x, "total")
+    batched = UABackprop(model, classes_per_backward=2)(x, "total")
     naive = UABackprop(model, naive=True)(x, "total")
     torch.testing.assert_close(batched, naive, rtol=1e-5, atol=1e-9)
     torch.testing.assert_close(
@@ -157,16 +159,6 @@ def test_batched_equals_naive_on_resnet_with_batchnorm():
     )
 
 
-def _randomise_batchnorm(net: nn.Module) -> None:
-    gen = torch.Generator().manual_seed(0)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.bias.copy_(torch.rand(n, generator=gen) - 0.5)
 
 
 def test_tau1_to_zero_keeps_each_class_on_its_own_logit(models):
@@ -255,50 +247,23 @@ def test_zero_uncertainty_gives_zero_maps():
                 assert torch.isfinite(maps).all() and torch.all(maps == 0)
 
 
-def test_modes_are_restored(models):
-    model = models["mc"]
-    model.train()
-    model.backbone.fc1.eval()  # a mixed pattern must survive exactly
-    before = [m.training for m in model.modules()]
-    UABackprop(model)(_images(), "total")
-    assert [m.training for m in model.modules()] == before
-    model.eval()
-
-
-def test_no_grad_and_inference_mode(models):
-    model, method = models["mc"], UABackprop(models["mc"])
-    expected = method(_images(), "epistemic")
-    with torch.no_grad():
-        torch.testing.assert_close(method(_images(), "epistemic"), expected)
-    with torch.inference_mode():
-        x = _images()
-        maps = method(x, "epistemic")
-    torch.testing.assert_close(maps.clone(), expected)
-    assert all(p.grad is None for p in model.parameters())
-
-
-def test_maps_do_not_depend_on_the_rest_of_the_batch(models):
-    model, x = models["mc"], _images(b=4)
-    method = UABackprop(model)
-    torch.testing.assert_close(
-        method(x, "total")[1:3], method(x[1:3], "total"), rtol=1e-5, atol=1e-9
-    )
-
-
-def test_bad_inputs_raise_clear_errors(models):
-    method, x = UABackprop(models["mc"]), _images()
-    x[1, 0, 3, 3] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
-        method(x, "total")
-    with pytest.raises(ValueError, match="unknown target"):
-        method(_images(), "entropy")
-    with pytest.raises(ValueError, match="vacuity"):
-        method(_images(), "vacuity")
-    with pytest.raises(ValueError, match="out of range"):
-        method(_images(), torch.tensor([0, 1, 10]))
-    for bad in ({"tau1": -1.0}, {"tau2": 0.0}, {"psi": "max"}, {"class_chunk": 0}):
+def test_arguments_and_targets_are_checked(models):
+    x = _images()
+    for bad in ({"tau1": -1.0}, {"tau2": 0.0}, {"psi": "max"}, {"classes_per_backward": 0}):
         with pytest.raises(ValueError):
             UABackprop(models["mc"], **bad)
+    with pytest.raises(TypeError, match="renamed to 'classes_per_backward'"):
+        UABackprop(models["mc"], class_chunk=2)
+    method = UABackprop(models["mc"])
+    with pytest.raises(TypeError, match="callable"):  # stage A needs the named decomposition
+        method.contributions(x, lambda model, x: uncertainty(model, x, "total"))
+    with pytest.raises(ValueError, match="vacuity"):
+        method.contributions(x, "vacuity")
+    with torch.no_grad():
+        predicted = models["mc"].sample_logits(x).softmax(-1).mean(0).argmax(-1)
+    torch.testing.assert_close(
+        method.contributions(x, None).per_class, method.contributions(x, predicted).per_class
+    )
 
 
 def test_benchmark_script_runs(capsys):

@@ -8,12 +8,16 @@ from torch import nn
 
 from uattr.bayes import (
     DeepEnsemble,
+    DirichletPosterior,
     DirichletUncertainty,
     Evidential,
     MCDropout,
+    SamplingPosterior,
     Uncertainty,
     decompose_logits,
     dirichlet_uncertainty,
+    is_evidential,
+    is_sampling,
     model_uncertainties,
     predict,
     predictive_distribution,
@@ -145,3 +149,35 @@ def test_bad_inputs_and_outputs_are_reported():
 
     with pytest.raises(RuntimeError, match=r"logits \[B, K\]"):
         uncertainty(Bad(), _images(), "total")
+
+
+def test_the_contract_is_structural():
+    """Any module with the method is that kind of posterior (typing.Protocol), and the method
+    must be callable: a parameter named alpha does not make a model evidential."""
+    models = _models()
+    assert isinstance(models["mc"], SamplingPosterior) and is_sampling(models["ensemble"])
+    assert isinstance(models["evidential"], DirichletPosterior) and is_evidential(
+        models["evidential"]
+    )
+    assert not is_sampling(models["plain"]) and not is_evidential(models["mc"])
+
+    class TwoSamples(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = LeNet5()
+
+        def sample_logits(self, x):
+            return torch.stack([self.net(x), self.net(1 - x)])
+
+    class AlphaParameter(LeNet5):
+        def __init__(self):
+            super().__init__()
+            self.alpha = nn.Parameter(torch.ones(()))
+
+    duck = TwoSamples().eval()
+    assert posterior_kind(duck) == "sampling"
+    x = _images()
+    torch.testing.assert_close(
+        uncertainty(duck, x, "total"), decompose_logits(duck.sample_logits(x)).total
+    )
+    assert posterior_kind(AlphaParameter()) == "deterministic"

@@ -14,19 +14,21 @@ import evaluate
 from uattr.bayes import MCDropout
 from uattr.evaluation import (
     ABLATION_GRIDS,
+    PROTOCOLS,
     UA_DEFAULT,
     EvaluationSettings,
-    _method_rows,
+    SuiteResult,
     ablation_size,
     above_median,
-    blur_scores_per_image,
     default_methods,
-    load_readout,
+    method_rows,
 )
-from uattr.metrics import BlurringTest, blurring_curves
-from uattr.metrics.blurring import _count_grid
+from uattr.evaluation.anomaly import AnomalyResult
+from uattr.evaluation.blurring import BlurringResult
+from uattr.evaluation.degradation import DegradationResult
+from uattr.lit.readout import load_readout
 from uattr.models import LeNet5
-from uattr.report import iba_claim, markdown_table, paper_claim
+from uattr.report import iba_claim, markdown_table, paper_claim, write_report
 
 DEFAULT = ROOT / "configs" / "mnist5k_lenet_mcdropout.yaml"
 READOUT = ROOT / "configs" / "mnist5k_readout.yaml"
@@ -200,31 +202,6 @@ def posterior():
     return MCDropout(LeNet5(dropout=0.5), num_samples=4, seed=0).eval()
 
 
-@pytest.mark.parametrize("budget_only", [False, True])
-def test_per_image_blur_scores_average_to_the_blurring_test(posterior, budget_only):
-    torch.manual_seed(1)
-    x, maps = torch.rand(5, 1, 28, 28), torch.rand(5, 28, 28)
-    fractions = (0.02, 0.05)
-    metric = BlurringTest("epistemic", fractions, selection="all")
-    metric.update(posterior, x, maps)
-    expected = metric.compute()
-    if budget_only:
-        u = blurring_curves(posterior, x, maps, torch.arange(40), "epistemic")
-    else:
-        u = torch.cat(metric.u_curves)
-        assert u.shape[1] == _count_grid(784, fractions)["grid"].numel()
-    scores = blur_scores_per_image(u, 784, fractions)
-    assert set(scores) >= {"murr@2%", "auc_urr@2%", "murr@5%", "auc_urr@5%"}
-    assert ("murr_step@2%" in scores) is not budget_only
-    for key, values in scores.items():
-        torch.testing.assert_close(values.mean(), expected[key], rtol=1e-9, atol=1e-12)
-
-
-def test_blur_scores_reject_curves_of_another_length():
-    with pytest.raises(ValueError, match="budget counts"):
-        blur_scores_per_image(torch.rand(3, 17), 784, (0.02, 0.05))
-
-
 def test_above_median_is_the_numpy_rule():
     u = torch.tensor([0.1, 0.4, 0.2, 0.3], dtype=torch.float64)
     assert above_median(u).tolist() == [1, 3]  # median 0.25
@@ -238,11 +215,10 @@ def test_ablation_size_counts_distinct_settings():
 
 def test_method_rows_keep_the_default_and_add_the_selected_setting():
     selected = {**UA_DEFAULT, "tau1": 1.0}
-    rows = _method_rows(["ua_backprop", "gradient"],
-                        {"selected": selected, "selected_name": "x"})
+    rows = method_rows(["ua_backprop", "gradient"], selected)
     assert [r.key for r in rows] == ["ua_backprop_selected", "ua_backprop", "gradient"]
     assert rows[0].kwargs == selected and rows[1].kwargs == UA_DEFAULT
-    same = _method_rows(["ua_backprop"], {"selected": dict(UA_DEFAULT), "selected_name": "x"})
+    same = method_rows(["ua_backprop"], dict(UA_DEFAULT))
     assert [r.key for r in same] == ["ua_backprop"] and "val-selected" in same[0].label
 
 
@@ -253,16 +229,19 @@ def test_settings_reject_bad_values(bad):
         EvaluationSettings(**bad).check()
 
 
-def _claim_results(ua: float, grad: float) -> dict:
+def _suite(**results) -> SuiteResult:
+    return SuiteResult(settings={"headline_kind": "epistemic", "fractions": [0.02, 0.05]},
+                       rows=[], results=results)
+
+
+def _claim_results(ua: float, grad: float) -> SuiteResult:
     def row(murr: float) -> dict:
         return {"murr@2%": murr, "murr@5%": murr + 0.1, "auc_urr@2%": 1 - murr,
                 "auc_urr@5%": 1 - murr, "murr_step@2%": murr, "murr_step@5%": murr,
                 "auc_urr_step@2%": 1 - murr, "auc_urr_step@5%": 1 - murr}
 
-    return {"settings": {"headline_kind": "epistemic", "fractions": [0.02, 0.05]},
-            "blurring": {"epistemic": {"methods": {"ua_backprop": row(ua),
-                                                   "gradient": row(grad),
-                                                   "random": row(0.01)}}}}
+    return _suite(blurring=BlurringResult(kinds={"epistemic": {"methods": {
+        "ua_backprop": row(ua), "gradient": row(grad), "random": row(0.01)}}}))
 
 
 def test_paper_claim_logic():
@@ -284,13 +263,17 @@ def test_default_methods_put_the_iba_rows_beside_the_baselines(posterior):
 
 
 def test_iba_claim_compares_per_sample_iba_with_gradcam():
-    def results(deg: float, bbox: float) -> dict:
+    def results(deg: float, bbox: float) -> SuiteResult:
         paired = {"bbox_ratio": {"mean": bbox - 0.2, "se": 0.05}}
-        return {"degradation": {"methods": {"per_sample_iba": {"degradation": deg},
-                                            "gradcam": {"degradation": 0.1}}},
-                "anomaly": {"methods": {"per_sample_iba": {"bbox_ratio": bbox},
-                                        "gradcam": {"bbox_ratio": 0.2}},
-                            "paired": {"per_sample_iba - gradcam": paired}}}
+        degradation = DegradationResult(
+            target="class", num_images=1, tile_size=4, steps=10,
+            methods={"per_sample_iba": {"degradation": deg}, "gradcam": {"degradation": 0.1}})
+        anomaly = AnomalyResult(
+            kind="epistemic", class_target="class", patch={}, num_candidates=1, num_raised=1,
+            num_images=1, methods={"per_sample_iba": {"bbox_ratio": bbox},
+                                   "gradcam": {"bbox_ratio": 0.2}},
+            paired={"per_sample_iba - gradcam": paired})
+        return _suite(degradation=degradation, anomaly=anomaly)
 
     assert iba_claim(results(0.5, 0.3))["holds"]
     claim = iba_claim(results(0.5, 0.1))
@@ -298,7 +281,7 @@ def test_iba_claim_compares_per_sample_iba_with_gradcam():
     assert claim["checks"][0]["paired"] is None  # the degradation test has no per-image score
     assert claim["checks"][1]["paired"]["mean"] == pytest.approx(-0.1)
     missing = results(0.5, 0.3)
-    del missing["anomaly"]["methods"]["gradcam"]
+    del missing.results["anomaly"].methods["gradcam"]
     assert not iba_claim(missing)["applicable"]
 
 
@@ -310,15 +293,12 @@ def test_markdown_table_formats_numbers_and_gaps():
 def test_runs_trained_with_attention_get_a_caution():
     """evaluate.py scores the bare model; a run whose inputs were multiplied by attention masks
     (AttentionMitigation) is flagged in a warning and in the report instead of passing silently."""
-    import yaml
-
     from uattr.evaluation import input_transform_cautions
+    from uattr.lit.run_config import load_run_config
 
-    mitigation = yaml.safe_load(
-        (ROOT / "configs/mnist5k_lenet_mcdropout_mitigation.yaml").read_text()
-    )
-    control = yaml.safe_load(  # method: null, no attention
-        (ROOT / "configs/mnist5k_lenet_mcdropout_mitigation_control.yaml").read_text()
+    mitigation = load_run_config(ROOT / "configs/mnist5k_lenet_mcdropout_mitigation.yaml")
+    control = load_run_config(  # method: null, no attention
+        ROOT / "configs/mnist5k_lenet_mcdropout_mitigation_control.yaml"
     )
     (caution,) = input_transform_cautions(mitigation)
     assert "AttentionMitigation" in caution and "train.py test" in caution
@@ -327,12 +307,12 @@ def test_runs_trained_with_attention_get_a_caution():
 
 
 def test_cautions_are_in_the_report(report, tmp_path):
-    import json
-
-    from uattr.report import write_report
-
     results = json.loads((report / "metrics.json").read_text())
     assert results["cautions"] == []  # the quick run's checkpoint had no attention
+    # the report reads the typed results back from metrics.json, and writes the same text
+    again = write_report(SuiteResult.from_json(results, list(PROTOCOLS)), PROTOCOLS, tmp_path)
+    assert again.read_text() == (report / "report.md").read_text()
     results["cautions"] = ["the run was trained with AttentionMitigation (a test caution)"]
-    text = write_report(results, tmp_path).read_text()
+    suite = SuiteResult.from_json(results, list(PROTOCOLS))
+    text = write_report(suite, PROTOCOLS, tmp_path).read_text()
     assert "**Caution:** the run was trained with AttentionMitigation" in text

@@ -8,8 +8,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
-from uattr.metrics import BlurringTest, blur_images, blurring_curves
-from uattr.metrics.blurring import _count_grid
+from uattr.metrics import BlurringTest, blur_images, blurring_curves, blurring_scores, count_grid
 
 H = W = 16
 KEY_PIXELS = [(3, 4), (8, 8), (12, 2)]  # (row, col): the only pixels the toy uncertainty reads
@@ -41,12 +40,81 @@ MODEL = nn.Identity()  # unused by key_uncertainty; the metric only passes it th
 
 
 def test_count_grid_readings():
-    grid = _count_grid(25, (0.2, 0.08))
+    grid = count_grid(25, (0.2, 0.08))
     counts = grid["grid"]
     assert counts[grid["step@20%"]].tolist() == [0, 5, 10, 15, 20, 25]
     assert counts[grid["budget@20%"]].tolist() == [0, 1, 2, 3, 4, 5]
     assert counts[grid["step@8%"]].tolist() == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 25]
     assert counts[grid["budget@8%"]].tolist() == [0, 1, 2]
+    # The budget-only grid: 0 .. floor(max(p) HW), each budget reading a prefix of it.
+    budget = count_grid(25, (0.2, 0.08), budget_only=True)
+    assert set(budget) == {"grid", "budget@20%", "budget@8%"}
+    assert budget["grid"].tolist() == [0, 1, 2, 3, 4, 5]
+    assert budget["budget@8%"].tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="fractions"):
+        count_grid(25, (0.2, 0.2))
+
+
+def _scored_metric(selection, b=7):
+    """A BlurringTest updated on b images with distinct U_0 (two updates), and its model."""
+    x = _images(b=b, seed=2)
+    x[:, :, 0, 0] = torch.linspace(0.0, 1.0, b)[:, None]
+
+    def fn(model, xb):
+        return key_uncertainty(model, xb) * (0.5 + xb[:, 0, 0, 0]) + xb[:, 0, 5].mean(1)
+
+    maps = torch.rand(b, H, W, generator=torch.Generator().manual_seed(6))
+    m = BlurringTest(uncertainty=fn, fractions=(0.02, 0.05, 0.1), selection=selection)
+    m.update(MODEL, x[:3], maps[:3])
+    m.update(MODEL, x[3:], maps[3:])
+    return m, fn, x, maps
+
+
+@pytest.mark.parametrize("selection", ["all", "above_median"])
+def test_compute_is_the_mean_of_blurring_scores(selection):
+    m, _, _, _ = _scored_metric(selection)
+    got = m.compute()
+    u = torch.cat(m.u_curves)
+    if selection == "above_median":  # the metric's pre-selection, then blurring_scores
+        u = u[u[:, 0] >= u[:, 0].median()]  # 7 images: the median is the middle value
+    per_image = blurring_scores(u, H * W, m.fractions)
+    assert set(per_image) == {
+        f"{name}@{p}"
+        for name in ("murr", "auc_urr", "murr_step", "auc_urr_step")
+        for p in ("2%", "5%", "10%")
+    }
+    for key, values in per_image.items():
+        assert values.dtype == torch.float64 and values.shape == (u.shape[0],)
+        assert abs(got[key].item() - values.mean().item()) <= 1e-12, key
+    for p in ("2%", "5%", "10%"):
+        assert abs(got[f"murr_median@{p}"].item() - np.median(per_image[f"murr@{p}"])) <= 1e-12
+    assert got["num_images"].item() == u.shape[0]
+
+
+def test_blurring_scores_on_budget_counts_equal_the_full_grid():
+    m, fn, x, maps = _scored_metric("all")
+    full = blurring_scores(torch.cat(m.u_curves), H * W, m.fractions)
+    counts = count_grid(H * W, m.fractions, budget_only=True)["grid"]
+    assert counts.tolist() == list(range(math.floor(0.1 * H * W) + 1))
+    u = blurring_curves(MODEL, x, maps, counts, fn)
+    budget = blurring_scores(u, H * W, m.fractions)
+    assert set(budget) == {
+        f"{name}@{p}" for name in ("murr", "auc_urr") for p in ("2%", "5%", "10%")
+    }
+    for key, values in budget.items():
+        assert torch.equal(values, full[key]), key
+    with pytest.raises(ValueError, match="count grid"):
+        blurring_scores(u[:, :-1], H * W, m.fractions)
+
+
+def test_blurring_scores_skip_low_uncertainty_images():
+    u = torch.tensor([[2.0, 1.0, 0.5], [1e-7, 0.0, 0.0], [1.0, 1.0, 0.25]], dtype=torch.float64)
+    # 4 pixels, p = 50%: the budget counts 0, 1, 2 are the whole (budget-only) curve.
+    out = blurring_scores(u, 4, (0.5,))
+    assert out["murr@50%"].tolist() == [0.75, 0.75]
+    # Trapezoid of r over x = 0, 1/4, 2/4, divided by 1/2: ((1 + r1) / 2 + (r1 + r2) / 2) / 2.
+    assert out["auc_urr@50%"].tolist() == pytest.approx([0.5625, 0.8125])
+    assert blurring_scores(u, 4, (0.5,), min_uncertainty=1.5)["murr@50%"].tolist() == [0.75]
 
 
 def test_blur_matches_scipy_mirror():

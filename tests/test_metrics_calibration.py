@@ -69,6 +69,17 @@ def test_two_updates_equal_one_and_reset(cls):
     assert torch.allclose(m.compute(), cls()(probs[:5], target[:5]))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_function_is_the_metric_on_one_batch_to_the_bit(dtype):
+    # Both run the same _update and _compute, so they cannot drift apart.
+    probs, target = _random_probs(n=500, k=10, seed=4)
+    probs = probs.to(dtype)
+    for fn, cls in ((negative_log_likelihood, NegativeLogLikelihood), (brier_score, BrierScore)):
+        got = fn(probs, target)
+        assert got.dtype == torch.float64
+        assert torch.equal(got, cls()(probs, target)), fn.__name__
+
+
 def test_ece_of_a_calibrated_predictor_is_zero():
     # Confidence c on class 0, right with frequency exactly c (each level falls in its own bin).
     probs, target = [], []

@@ -130,6 +130,8 @@ def test_control_leaves_batches_alone_and_settings_are_checked(tmp_path):
         AttentionMitigation("ua-backprop")
     with pytest.raises(ValueError, match="apply must be one of"):
         AttentionMitigation(apply="multiply")
+    with pytest.raises(ValueError, match="contrast_cam explains class scores only"):
+        AttentionMitigation("contrast_cam")  # the attention is built from an uncertainty map
     with pytest.raises(ValueError, match="different settings"):
         AttentionMitigation("gradient").load_state_dict(AttentionMitigation().state_dict())
     # init_from must fit the model; it is loaded at the first setup only.

@@ -1,6 +1,6 @@
 """The UA-Backprop paper's MNIST claim, tested honestly on the embedded default (slow).
 
-Claim (Wang et al., CVPR 2023, MNIST row; issue 7): UA-Backprop's epistemic MURR at 2% and 5% is
+Claim (Wang et al., CVPR 2023, Table 1, MNIST): UA-Backprop's epistemic MURR at 2% and 5% is
 above Gradient's, FullGrad's, Integrated Gradients' and a random map's, and its AUC-URR below.
 
 Protocol: the default experiment is trained from scratch (seeded, so deterministic on a CPU);
@@ -16,7 +16,8 @@ from __future__ import annotations
 import pytest
 from conftest import ROOT, run_train_py
 
-from uattr.evaluation import EvaluationSettings, rebuild_from_checkpoint, run_suite
+from uattr.evaluation import EvaluationSettings, run_suite
+from uattr.lit.checkpoint import rebuild_from_checkpoint
 from uattr.report import CLAIM_COMPETITORS, paper_claim
 
 pytestmark = pytest.mark.slow
@@ -32,9 +33,9 @@ def results(tmp_path_factory):
                  timeout=3600)
     ckpt = workdir / "checkpoints" / "mnist5k_lenet_mcdropout" / "last.ckpt"
     model, data, _ = rebuild_from_checkpoint(ckpt)
-    out = run_suite(model, data, EvaluationSettings(methods=METHODS, progress=False), "cpu")
-    out["claim"] = paper_claim(out)
-    return out
+    suite = run_suite(model, data, EvaluationSettings(methods=METHODS, progress=False), "cpu")
+    suite.claim = paper_claim(suite)
+    return suite.to_json()
 
 
 def _blur(results, key):

@@ -10,11 +10,11 @@ from conftest import ROOT
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from uattr.attribution.readout import ReadoutBottleneck
+from uattr.attribution.iba import ReadoutBottleneck, check_explains
 from uattr.bayes import MCDropout
 from uattr.cli import UattrCLI
 from uattr.data import MNIST5k
-from uattr.lit.readout import ReadoutBottleneckModule
+from uattr.lit.readout import ReadoutBottleneckModule, load_readout
 from uattr.models import LeNet5
 
 READOUTS = ["backbone.conv1", "backbone.conv2", "backbone.fc1", "backbone.fc3"]
@@ -37,6 +37,10 @@ def _data() -> MNIST5k:
 
 def _images(b: int = 3) -> torch.Tensor:
     return torch.rand(b, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+
+
+def _maps(module: ReadoutBottleneckModule) -> ReadoutBottleneck:
+    return ReadoutBottleneck(module.posterior, module.readout)
 
 
 def test_initialisation_and_clamp() -> None:
@@ -85,13 +89,13 @@ def test_training_leaves_the_classifier_bit_identical(tmp_path: Path) -> None:
     fresh = _module()
     fresh.load_state_dict(ckpt["state_dict"])
     x = _images()
-    torch.testing.assert_close(ReadoutBottleneck(fresh)(x), ReadoutBottleneck(module)(x))
+    torch.testing.assert_close(_maps(fresh)(x), _maps(module)(x))
 
 
 def test_maps_one_forward_and_contract() -> None:
     module = _module()
     module.readout.estimate(_images(32), n_samples=32)
-    method = ReadoutBottleneck(module)
+    method = _maps(module)
     calls = []
     handle = module.posterior.backbone.register_forward_hook(lambda m, i, o: calls.append(len(o)))
     x = _images(4)
@@ -111,8 +115,25 @@ def test_maps_one_forward_and_contract() -> None:
         method(x, "total")
     with pytest.raises(ValueError, match="out of range"):
         method(x, torch.tensor([0, 1, 2, 10]))
-    with pytest.raises(TypeError):
-        ReadoutBottleneck(module.posterior)
+    with pytest.raises(TypeError, match=r"pass its \.readout"):
+        ReadoutBottleneck(module.posterior, module)
+
+
+def test_a_readout_built_on_another_model_is_refused() -> None:
+    module = _module()
+    other = _classifier(seed=1)
+    with pytest.raises(ValueError, match="another classifier"):
+        ReadoutBottleneck(other, module.readout)
+    with pytest.raises(ValueError, match="another classifier"):
+        check_explains(module.readout, other)
+    # a different module with the same weights (a classifier rebuilt from its checkpoint) is fine
+    same = _classifier(seed=0)
+    ReadoutBottleneck(same, module.readout)
+    # the metadata the registry, the callbacks and evaluate.py read
+    assert ReadoutBottleneck.label == "Readout IBA"
+    assert ReadoutBottleneck.explains == frozenset({"class"})
+    assert not ReadoutBottleneck.class_dependent
+    assert ReadoutBottleneck.required_kwargs == ("readout",)
 
 
 def test_missing_classifier_checkpoint_says_what_to_do(tmp_path: Path) -> None:
@@ -137,16 +158,33 @@ def test_cli_trains_a_readout_from_a_classifier_checkpoint(tmp_path, monkeypatch
     path = tmp_path / "checkpoints" / "mnist5k_readout" / "last.ckpt"
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     assert "uattr_config" in ckpt
-    method = ReadoutBottleneck(path)  # rebuilt from the checkpoint alone
+    method = load_readout(path, cli.model.posterior)  # rebuilt from the checkpoint alone
+    assert method.readout is not cli.model.readout
     x = _images(2)
-    torch.testing.assert_close(method(x), ReadoutBottleneck(cli.model)(x))
+    torch.testing.assert_close(method(x), _maps(cli.model)(x))
     # the classifier inside the readout is the checkpoint's, unchanged by the readout's training
     reference = torch.load(classifier, map_location="cpu", weights_only=True)["state_dict"]
-    inside = method.model.model.state_dict()
+    inside = method.readout.model.state_dict()
     weights = {k.removeprefix("posterior."): v for k, v in reference.items()
                if k.startswith("posterior.")}
     assert weights.keys() == inside.keys()
     assert all(torch.equal(weights[k], inside[k]) for k in weights)
+    # loading checks what it loads
+    with pytest.raises(FileNotFoundError, match="configs/mnist5k_readout.yaml"):
+        load_readout(tmp_path / "missing.ckpt", cli.model.posterior)
+    with pytest.raises(ValueError, match="not of a readout bottleneck"):
+        load_readout(classifier, cli.model.posterior)
+    with pytest.raises(ValueError, match="another classifier"):
+        load_readout(path, _classifier(seed=1))
+    # a callback's "readout" given as a checkpoint path explains the classifier it is attached to
+    from uattr.callbacks.probe import build_callback_methods
+    from uattr.lit import rebuild_from_checkpoint
+
+    classifier_module, _, _ = rebuild_from_checkpoint(classifier)
+    methods = build_callback_methods(
+        ["readout"], classifier_module, {"readout": {"readout": str(path)}}
+    )
+    torch.testing.assert_close(methods["readout"](x, "total"), method(x))  # target-free
 
 
 def test_validation_callbacks_show_and_score_the_readout_while_it_trains(tmp_path: Path) -> None:
@@ -170,11 +208,13 @@ def test_validation_callbacks_show_and_score_the_readout_while_it_trains(tmp_pat
     assert math.isfinite(logged["val/attr/readout/murr@5%"].item())
     assert 0.0 <= logged["val/attr/readout/iou"].item() <= 1.0
     assert images.saved and images.saved[0].is_file()
-    # a readout explains its own classifier: one trained on another model is refused
-    from uattr.attribution.readout import check_explains
+    # without a readout checkpoint, a module that trains none has no readout to show
+    from uattr.callbacks.probe import build_callback_methods
+    from uattr.lit import BayesianClassifier
+    from uattr.models import LeNet5
 
-    with pytest.raises(ValueError, match="another classifier"):
-        check_explains(ReadoutBottleneck(_module()), _classifier(seed=1))
+    with pytest.raises(ValueError, match="needs a trained readout"):
+        build_callback_methods(["readout"], BayesianClassifier(LeNet5()), {})
 
 
 def test_bottleneck_maps_feed_the_degradation_bbox_and_sensitivity_metrics() -> None:
@@ -192,7 +232,7 @@ def test_bottleneck_maps_feed_the_degradation_bbox_and_sensitivity_metrics() -> 
     iba.estimate(data, n_samples=64)
     x = _images(4)
     boxes = torch.tensor([[4, 4, 12, 12]] * 4)  # xyxy, exclusive
-    for maps in (iba(x), ReadoutBottleneck(module)(x)):
+    for maps in (iba(x), _maps(module)(x)):
         assert maps.shape == (4, 28, 28) and (maps >= 0).all()
         sensitivity = SensitivityN(n_values=(4, 16), num_masks=8)
         sensitivity.update(classifier, x, maps)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from conftest import ROOT
 
-from uattr.evaluation import rebuild_from_checkpoint
+from uattr.lit.checkpoint import rebuild_from_checkpoint
 
 SHIPPED = ROOT / "checkpoints" / "mnist5k_lenet_mcdropout.ckpt"
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import lightning.pytorch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from uattr.lit.checkpoint import CONFIG_KEY
+from uattr.lit.checkpoint import CONFIG_KEY, instantiate_from_config
+from uattr.lit.run_config import ConfigFileWithIncludes
 
 __all__ = ["SaveConfigToCheckpoint", "UattrCLI", "instantiate_from_config"]
 
@@ -34,12 +36,13 @@ class UattrCLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", False)
         super().__init__(LightningModule, LightningDataModule, *args, **kwargs)
 
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        """LightningCLI's parser, with a ``--config`` that applies a file's ``include:`` files
+        first (:mod:`uattr.lit.run_config`)."""
+        kwargs.setdefault("dump_header", [f"lightning.pytorch=={lightning.pytorch.__version__}"])
+        parser = self.parser_class(**kwargs)
+        parser.add_argument("-c", "--config", action=ConfigFileWithIncludes,
+                            help="Path to a configuration file in json or yaml format (its "
+                                 "`include:` files apply first, see docs/configs.md).")
+        return parser
 
-def instantiate_from_config(config: dict[str, Any]) -> tuple[LightningModule, LightningDataModule]:
-    """Build the model and data module of a saved run configuration (no trainer, no loggers)."""
-    parser = LightningArgumentParser(exit_on_error=False)
-    parser.add_lightning_class_args(LightningModule, "model", subclass_mode=True)
-    parser.add_lightning_class_args(LightningDataModule, "data", subclass_mode=True)
-    parsed = parser.parse_object({"model": config["model"], "data": config["data"]})
-    init = parser.instantiate_classes(parsed)
-    return init.model, init.data

@@ -1,12 +1,28 @@
-"""Attribution methods: ``method(x [B, C, H, W], target) -> maps [B, H, W]``.
+"""Attribution methods: ``method(x [B, C, H, W], target=None) -> maps [B, H, W]``.
 
 ``target`` is an uncertainty kind (``"total"``, ``"aleatoric"``, ``"epistemic"``; ``"vacuity"`` for
-evidential models) or a LongTensor[B] of classes. Every method takes the model at construction: a
-posterior wrapper (``MCDropout``, ``DeepEnsemble``), an ``Evidential`` model or a plain classifier.
+evidential models), a LongTensor[B] of classes, ``None`` (the class the model predicts) or, for
+the methods whose ``accepts_callable`` is true, a callable ``(model, x) -> Tensor[B]``. Every
+method takes the model at construction: a posterior wrapper (``MCDropout``, ``DeepEnsemble``), an
+``Evidential`` model or a plain classifier. What a method explains and needs is metadata on its
+class (:class:`Attribution`); :data:`METHODS` lists them by name.
 """
 
-from uattr.attribution.base import Attribution, Target, class_score, explained_output
-from uattr.attribution.cam import ContrastCAM, CounterfactualCAM, GradCAM, resolve_layers
+from uattr.attribution.base import (
+    Attribution,
+    Target,
+    TargetFn,
+    class_score,
+    explained_output,
+    resolve_target,
+)
+from uattr.attribution.cam import (
+    ContrastCAM,
+    CounterfactualCAM,
+    GradCAM,
+    default_cam_layer,
+    resolve_layers,
+)
 from uattr.attribution.fullgrad import (
     FullGrad,
     FullGradientDecomposition,
@@ -20,10 +36,9 @@ from uattr.attribution.gradients import (
     gaussian_blur,
     integration_rule,
 )
-from uattr.attribution.iba import FeatureEstimator, PerSampleBottleneck
+from uattr.attribution.iba import FeatureEstimator, PerSampleBottleneck, Readout, ReadoutBottleneck
 from uattr.attribution.random_map import RandomMap
-from uattr.attribution.readout import Readout, ReadoutBottleneck
-from uattr.attribution.registry import METHODS, build_method, default_cam_layer
+from uattr.attribution.registry import METHODS, build_method, method_class
 from uattr.attribution.ua_backprop import Contributions, UABackprop
 
 __all__ = [
@@ -45,6 +60,7 @@ __all__ = [
     "ReadoutBottleneck",
     "SmoothGrad",
     "Target",
+    "TargetFn",
     "UABackprop",
     "build_method",
     "class_score",
@@ -53,5 +69,7 @@ __all__ = [
     "full_gradient_decomposition",
     "gaussian_blur",
     "integration_rule",
+    "method_class",
     "resolve_layers",
+    "resolve_target",
 ]

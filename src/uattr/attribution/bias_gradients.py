@@ -18,11 +18,10 @@ with a bias here (:func:`effective_bias`):
 How the gradients are taken: forward hooks record where each biased layer's output enters the
 autograd graph (a :class:`torch.autograd.graph.GradientEdge`, not the tensor), and the edges are
 passed as extra ``inputs=`` of the same ``torch.autograd.grad`` call that differentiates w.r.t. the
-input, so bias gradients cost no extra backward and work with ``is_grads_batched=True``
-(research/performance.md section 3b). An edge is fixed when the layer returns, so later in-place
-ops on the output (torchvision's ``BasicBlock`` does ``out += identity`` on bn2's output; an
-in-place ReLU after a conv) do not change which gradient is returned, and holding an edge keeps no
-activation alive.
+input, so bias gradients cost no extra backward and work with ``is_grads_batched=True``. An edge
+is fixed when the layer returns, so later in-place ops on the output (torchvision's ``BasicBlock``
+does ``out += identity`` on bn2's output; an in-place ReLU after a conv) do not change which
+gradient is returned, and holding an edge keeps no activation alive.
 
 Posterior samples (:func:`posterior_forward`): S*B rows in one forward, sample-major (row
 ``s*B + b`` is image b through sample s), through a leaf that holds the *expanded* input, so each
@@ -148,8 +147,7 @@ class BiasOutput:
         """``sum_c |grad ⊙ b_l|`` at the layer's resolution: [..., N, C_l, H_l, W_l] -> [..., N,
         H_l, W_l] (spatial layers only), as the product of the vector |b_l| with |grad| [..., C_l,
         H_l * W_l]: one temporary the size of ``grad`` instead of two (on the CPU the big
-        temporaries, not the arithmetic, dominated this step: 12 ms vs 51 ms for LeNet5's conv1 on
-        1280 rows)."""
+        temporaries, not the arithmetic, dominated this step; ``docs/choices_and_timings.md``)."""
         return torch.matmul(self.bias.abs(), grad.abs().flatten(-2)).unflatten(-1, grad.shape[-2:])
 
 

@@ -3,8 +3,7 @@
 All three weight a layer's activations A [K, u, v] by the spatial mean of a gradient (Grad-CAM,
 Selvaraju et al. ICCV 2017), keep the positive part and upsample to the image; they differ in the
 scalar differentiated and the sign of the weights (Prabhushankar et al., "Contrastive
-Explanations", ICIP 2020, and the OLIVES "Explanatory Paradigms" code; see
-``research/iba-olives-edl.md`` sections B.1, C.1).
+Explanations in Neural Networks", ICIP 2020, and the OLIVES "Explanatory Paradigms" code).
 
 Posterior samples. A posterior wrapper runs the hooked layer on S*B rows (MCDropout: one forward,
 sample-major rows ``s*B + b``) or calls it once per member (DeepEnsemble; hook every member with a
@@ -27,17 +26,18 @@ backward hooks. Hooks are removed also on exceptions.
 from __future__ import annotations
 
 import fnmatch
-import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uattr.attribution.base import Attribution, Target, explained_output
-from uattr.bayes.posterior import posterior_kind, sample_logits
+from uattr.attribution.base import Attribution, TargetFn, explained_output
+from uattr.bayes.outputs import forward_posterior, log_predictive
+from uattr.common import minmax_scale
 
-__all__ = ["ContrastCAM", "CounterfactualCAM", "GradCAM", "resolve_layers"]
+__all__ = ["ContrastCAM", "CounterfactualCAM", "GradCAM", "default_cam_layer", "resolve_layers"]
 
 LayerSpec = str | nn.Module | Sequence[str | nn.Module]
 
@@ -93,12 +93,25 @@ def resolve_layers(model: nn.Module, layer: LayerSpec) -> list[nn.Module]:
     return found
 
 
-def _minmax(maps: torch.Tensor) -> torch.Tensor:
-    """Per-image (m - min) / (max - min); a constant map becomes 0 (OLIVES would give NaN)."""
-    flat = maps.flatten(1)
-    lo = flat.min(1).values.view(-1, 1, 1)
-    span = flat.max(1).values.view(-1, 1, 1) - lo
-    return torch.where(span > 0, (maps - lo) / span.clamp_min(torch.finfo(maps.dtype).tiny), 0.0)
+def default_cam_layer(model: nn.Module) -> str:
+    """The dotted name of the model's last convolutional block, from its backbone's ``cam_layer``.
+
+    ``"backbone.conv2"`` for an MCDropout LeNet5, ``"members.*.conv2"`` for a DeepEnsemble (every
+    member hooked), ``"conv2"`` for a plain LeNet5.
+
+    Raises:
+        ValueError: the model declares no ``cam_layer`` (then pass ``layer=`` yourself).
+    """
+    if hasattr(model, "members"):
+        return f"members.*.{default_cam_layer(model.members[0])}"
+    if hasattr(model, "backbone") and not hasattr(model, "cam_layer"):
+        return f"backbone.{default_cam_layer(model.backbone)}"
+    layer = getattr(model, "cam_layer", None)
+    if layer is None:
+        raise ValueError(
+            f"{type(model).__name__} declares no cam_layer: pass layer=<dotted module name>."
+        )
+    return layer
 
 
 class GradCAM(Attribution):
@@ -116,10 +129,16 @@ class GradCAM(Attribution):
         layer: the layer(s) whose activations are weighted; see :func:`resolve_layers`. Usually
             the last convolutional block (``"conv2"`` of LeNet5, ``"layer4"`` of CifarResNet18).
         normalize: rescale each map to [0, 1] (per-image min-max after upsampling, OLIVES's
-            order). Default off so the raw map, in units of y times activation, can be checked and
-            compared across images.
+            order; a constant map becomes 0 where OLIVES gives NaN). Default off so the raw map,
+            in units of y times activation, can be checked and compared across images.
+
+    A callable target ``(model, x) -> [B]`` is differentiated like an uncertainty (the hooked
+    layer must run inside it).
     """
 
+    label: ClassVar[str] = "Grad-CAM"
+    needs_layer: ClassVar[bool] = True
+    accepts_callable: ClassVar[bool] = True
     #: the sign of the weights: +1 "why y", -1 "what lowers y" (counterfactual).
     _sign = 1.0
 
@@ -128,11 +147,11 @@ class GradCAM(Attribution):
         self.layers = resolve_layers(model, layer)
         self.normalize = bool(normalize)
 
-    def objective(self, x: torch.Tensor, target: Target) -> torch.Tensor:
+    def objective(self, x: torch.Tensor, target: str | torch.Tensor | TargetFn) -> torch.Tensor:
         """The scalar per image [B] whose gradients weight the activations."""
         return explained_output(self.model, x, target)
 
-    def attribute(self, x: torch.Tensor, target: Target) -> torch.Tensor:
+    def attribute(self, x: torch.Tensor, target: str | torch.Tensor | TargetFn) -> torch.Tensor:
         records: list[tuple[str, torch.Tensor, int]] = []
 
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -184,7 +203,7 @@ class GradCAM(Attribution):
             maps = F.interpolate(
                 F.relu(cam)[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False
             )[:, 0]
-            return _minmax(maps) if self.normalize else maps
+            return minmax_scale(maps) if self.normalize else maps
 
 
 class CounterfactualCAM(GradCAM):
@@ -196,6 +215,7 @@ class CounterfactualCAM(GradCAM):
     uncertainty. Arguments as :class:`GradCAM`.
     """
 
+    label: ClassVar[str] = "Counterfactual CAM"
     _sign = -1.0
 
 
@@ -208,8 +228,8 @@ class ContrastCAM(GradCAM):
     model, so S = 1 reproduces OLIVES exactly. dL/dA = sum_c (p_c - 1[c = Q]) dz_c/dA, which is
     about d(z_P - z_Q)/dA when the model is confident in P: the evidence for P over Q.
 
-    The target is P, class indices [B] (an uncertainty kind raises: a contrast is between classes);
-    P fixes the default contrast.
+    The target is P, class indices [B] (``None``: the predicted class; an uncertainty kind or a
+    callable raises: a contrast is between classes); P fixes the default contrast.
 
     Args:
         model: a posterior wrapper, an evidential model or a plain classifier.
@@ -219,6 +239,10 @@ class ContrastCAM(GradCAM):
             when P is the predicted class; an int for every image, or a LongTensor [B].
         normalize: see :class:`GradCAM`.
     """
+
+    label: ClassVar[str] = "Contrast CAM"
+    explains: ClassVar[frozenset[str]] = frozenset({"class"})
+    accepts_callable: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -239,11 +263,7 @@ class ContrastCAM(GradCAM):
 
     def log_predictive(self, x: torch.Tensor) -> torch.Tensor:
         """log p [B, K] of the posterior predictive (differentiable w.r.t. ``x``)."""
-        if posterior_kind(self.model) == "evidential":
-            alpha = self.model.alpha(x)
-            return alpha.log() - alpha.sum(-1, keepdim=True).log()
-        logits = sample_logits(self.model, x)
-        return torch.logsumexp(logits.log_softmax(-1), 0) - math.log(logits.shape[0])
+        return log_predictive(self.model, forward_posterior(self.model, x))
 
     def contrast_classes(self, log_p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Q [B]: ``contrast`` or, by default, the most probable class other than P."""
@@ -267,13 +287,8 @@ class ContrastCAM(GradCAM):
             )
         return q
 
-    def objective(self, x: torch.Tensor, target: Target) -> torch.Tensor:
-        if isinstance(target, str):
-            raise ValueError(
-                f"ContrastCAM explains 'why class P rather than Q' and needs class indices "
-                f"LongTensor[B] as target, got the uncertainty kind {target!r}. Use GradCAM for "
-                "uncertainty targets."
-            )
+    def objective(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # __call__ lets class indices through only (explains == {"class"}).
         log_p = self.log_predictive(x)
         k = log_p.shape[1]
         target = target.to(log_p.device)

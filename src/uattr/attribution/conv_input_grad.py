@@ -2,14 +2,13 @@
 
 Every gradient-based attribution differentiates the model w.r.t. its *input*, which training never
 does. The first convolution of an image model has 1-3 input channels, and for that shape the
-CPU's default backward-data kernel (oneDNN, torch 2.14) is slow: for LeNet5's conv1 (1 -> 6
-channels, 5x5, 28x28) the input gradient of 1280 rows took 94 ms where the same numbers computed
-as a stride-1 convolution of the output gradient with the flipped, transposed kernel by ATen's
-own (non-oneDNN) kernel take 12 ms (min of 5 runs, 2 threads). It was 71% of UA-Backprop's time.
-With more input channels (LeNet5's conv2, 6 -> 16) oneDNN is the faster one (9 vs 26 ms), hence
-the input-channel limit; with many output channels the two are even (CifarResNet18's stem, 3 -> 64
-3x3 on 256 rows: 208 vs 218 ms, against 238 vs 85 ms for LeNet5's conv1 in the same run), hence the
-output-channel limit.
+CPU's default backward-data kernel (oneDNN) is slow: for LeNet5's conv1 (1 -> 6 channels, 5x5,
+28x28) the same numbers computed as a stride-1 convolution of the output gradient with the
+flipped, transposed kernel by ATen's own (non-oneDNN) kernel are several times faster, and the
+oneDNN kernel dominated UA-Backprop's time (``docs/choices_and_timings.md``). With more input
+channels (LeNet5's conv2, 6 -> 16) oneDNN is the faster one, hence the input-channel limit; with
+many output channels the two are even (CifarResNet18's stem, 3 -> 64), hence the output-channel
+limit.
 
 :func:`small_input_conv_gradients` routes the input gradient of such layers through that
 computation for the duration of a block:

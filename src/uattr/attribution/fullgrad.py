@@ -12,20 +12,27 @@ summed over channels. ``nn.Linear`` bias terms have no spatial extent: they ente
 completeness check (:func:`full_gradient_decomposition`) but not the map, as in the reference.
 
 f is :func:`~uattr.attribution.base.explained_output`: the class score (the mean logit over the
-posterior samples; the backbone logit of an evidential model) or an uncertainty in nats (the
-uncertainty baseline of research/ua-backprop.md section 4.2; U is not piecewise linear, so
-completeness does not hold for it). A posterior's samples share one set of biases, so a layer's
-bias gradient is summed over the S samples before psi (the gradient w.r.t. the shared bias map).
+posterior samples; the backbone logit of an evidential model), an uncertainty in nats (the
+FullGrad baseline of Wang et al.'s UA-Backprop comparison; U is not piecewise linear, so
+completeness does not hold for it) or a callable target's value. A posterior's samples share
+one set of biases, so a layer's bias gradient is summed over the S samples before psi (the
+gradient w.r.t. the shared bias map).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
-from uattr.attribution.base import Attribution, Target, check_target, differentiable_output
+from uattr.attribution.base import (
+    Attribution,
+    Target,
+    TargetFn,
+    differentiable_output,
+    resolve_target,
+)
 from uattr.attribution.bias_gradients import (
     BiasOutput,
     capture_bias_outputs,
@@ -34,8 +41,8 @@ from uattr.attribution.bias_gradients import (
 )
 from uattr.attribution.conv_input_grad import small_input_conv_gradients
 from uattr.bayes.posterior import check_uncertainty_kind
-from uattr.modes import evaluating
 from uattr.common import check_images
+from uattr.modes import evaluating
 
 __all__ = ["FullGrad", "FullGradientDecomposition", "full_gradient_decomposition"]
 
@@ -79,7 +86,7 @@ def _fold_samples(grad: torch.Tensor, batch: int, name: str) -> torch.Tensor:
 
 
 def _full_gradients(
-    model: nn.Module, x: torch.Tensor, target: Target
+    model: nn.Module, x: torch.Tensor, target: str | torch.Tensor | TargetFn
 ) -> tuple[torch.Tensor, torch.Tensor, list[BiasOutput], list[torch.Tensor]]:
     """f(x) [B], grad_x f [B, C, H, W], the sites and their per-image bias gradients, one backward.
 
@@ -110,15 +117,16 @@ def full_gradient_decomposition(
     Args:
         model: posterior wrapper, evidential model or plain classifier.
         x: images [B, C, H, W].
-        target: class indices LongTensor[B] (or an int), or an uncertainty kind.
+        target: class indices LongTensor[B] (or an int; ``None``: the predicted class), an
+            uncertainty kind, or a callable ``(model, x) -> [B]``.
 
     Returns:
         :class:`FullGradientDecomposition`, detached tensors [B].
     """
     check_images(x, name="full_gradient_decomposition inputs")
-    target = check_target(target, x.shape[0])
     with evaluating(model), torch.inference_mode(False), torch.enable_grad():
         x = x.detach().clone()
+        target = resolve_target(model, x, target)
         output, grad_x, sites, site_grads = _full_gradients(model, x, target)
         input_term = (grad_x * x).flatten(1).sum(1)
         bias_terms = {
@@ -130,7 +138,11 @@ def full_gradient_decomposition(
 
 def _post_process(term: torch.Tensor) -> torch.Tensor:
     """FullGrad's psi on [B, C, h, w]: abs, per-image min-max over (C, h, w), then the channel sum,
-    [B, h, w]. Summing before upsampling is exact (upsampling is linear and keeps constants)."""
+    [B, h, w]. Summing before upsampling is exact (upsampling is linear and keeps constants).
+
+    Not :func:`uattr.common.minmax_scale`: the reference divides by ``max - min + 1e-6`` (so a
+    constant term is 0, and a tiny range is not blown up to [0, 1]) and sums the channels first.
+    """
     a = term.abs()
     flat = a.flatten(1)
     lo = flat.min(1).values.view(-1, 1, 1)
@@ -150,7 +162,10 @@ class FullGrad(Attribution):
             plain classifier. BatchNorm layers must have running statistics.
     """
 
-    def attribute(self, x: torch.Tensor, target: Target) -> torch.Tensor:
+    label: ClassVar[str] = "FullGrad"
+    accepts_callable: ClassVar[bool] = True
+
+    def attribute(self, x: torch.Tensor, target: str | torch.Tensor | TargetFn) -> torch.Tensor:
         _, grad_x, sites, site_grads = _full_gradients(self.model, x, target)
         size = (x.shape[-2], x.shape[-1])
         maps = _post_process(grad_x * x)

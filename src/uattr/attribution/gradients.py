@@ -8,29 +8,40 @@ forward/backward, optionally chunked, and each row depends only on its own image
 depend on the batch's other images.
 
 Formulas follow PAIR-code/saliency (the reference implementations the uncertainty-attribution
-papers use); see ``research/ua-backprop.md`` section 4.
+papers use; ``docs/attribution.md``). Every method also explains a callable target
+``(model, x) -> [B]`` (computed row by row), like an uncertainty.
+
+``internal_batch_size`` (Captum's name) caps the rows (images x noise copies or path points) of
+one forward/backward in every method here.
 """
 
 from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from typing import Literal, get_args
+from typing import ClassVar, Literal, get_args
 
-import numpy as np
 import torch
 from torch import nn
 
 from uattr.attribution.base import (
     Attribution,
     Target,
-    check_target,
+    TargetFn,
     differentiable_output,
     explained_output,
+    renamed_arguments,
+    resolve_target,
 )
 from uattr.attribution.conv_input_grad import small_input_conv_gradients
+from uattr.attribution.path_rules import gaussian_blur, integration_rule
+from uattr.common import (
+    check_choice,
+    check_images,
+    check_optional_positive_int,
+    check_positive_int,
+)
 from uattr.modes import evaluating
-from uattr.common import check_images
 
 __all__ = [
     "BlurIG",
@@ -47,28 +58,16 @@ IGMethod = Literal[
 ]
 
 
-def _check_choice(value: str, allowed: tuple[str, ...], name: str) -> str:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}.")
-    return value
+Checked = str | torch.Tensor | TargetFn
 
 
-def _check_positive_int(value: int, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
-    return value
+def _repeat_target(target: Checked, copies: int) -> Checked:
+    """The target for ``copies`` stacked copies of the batch (copy-major rows ``k*B + b``):
+    class indices are repeated; a kind or a callable applies to any rows."""
+    return target.repeat(copies) if isinstance(target, torch.Tensor) else target
 
 
-def _check_batch_size(value: int | None, name: str) -> int | None:
-    return None if value is None else _check_positive_int(value, name)
-
-
-def _repeat_target(target: Target, copies: int) -> Target:
-    """The target for ``copies`` stacked copies of the batch (copy-major rows ``k*B + b``)."""
-    return target if isinstance(target, str) else target.repeat(copies)
-
-
-def _output_gradient(model: nn.Module, rows: torch.Tensor, target: Target) -> torch.Tensor:
+def _output_gradient(model: nn.Module, rows: torch.Tensor, target: Checked) -> torch.Tensor:
     """dF/d(rows) for rows [N, C, H, W] (each row's own output; rows are independent)."""
     rows = rows.detach().requires_grad_(True)
     with small_input_conv_gradients(model):
@@ -108,11 +107,14 @@ class Gradient(Attribution):
               model normalises internally).
     """
 
+    label: ClassVar[str] = "Gradient"
+    accepts_callable: ClassVar[bool] = True
+
     def __init__(self, model: nn.Module, reduce: Reduce = "abs_sum") -> None:
         super().__init__(model)
-        self.reduce = _check_choice(reduce, get_args(Reduce), "reduce")
+        self.reduce = check_choice(reduce, get_args(Reduce), "reduce")
 
-    def attribute(self, x: torch.Tensor, target: Target) -> torch.Tensor:
+    def attribute(self, x: torch.Tensor, target: Checked) -> torch.Tensor:
         return _reduce_channels(_output_gradient(self.model, x, target), x, self.reduce)
 
 
@@ -134,25 +136,30 @@ class SmoothGrad(Attribution):
         noise: the noise level as a fraction of each image's value range (PAIR default 0.15; the
             paper recommends 0.10-0.20). ``0`` reproduces :class:`Gradient`.
         seed: seeds the noise patterns.
-        batch_size: most rows (images x noise copies) per forward/backward; ``None`` runs all
-            n*B rows at once. Values below B still run one copy of the batch per pass.
+        internal_batch_size: most rows (images x noise copies) per forward/backward; ``None`` runs
+            all n*B rows at once. Values below B still run one copy of the batch per pass.
+            (Formerly ``batch_size``, which now raises a TypeError.)
         magnitude: average squared gradients (PAIR's ``magnitude``), a non-negative map.
         reduce: channel aggregation, as :class:`Gradient`; ``"input_x_grad"`` is not allowed with
             ``magnitude=True``.
     """
 
+    label: ClassVar[str] = "SmoothGrad"
+    accepts_callable: ClassVar[bool] = True
+
+    @renamed_arguments(batch_size="internal_batch_size")
     def __init__(
         self,
         model: nn.Module,
         num_samples: int = 25,
         noise: float = 0.15,
         seed: int = 0,
-        batch_size: int | None = None,
+        internal_batch_size: int | None = None,
         magnitude: bool = False,
         reduce: Reduce = "abs_sum",
     ) -> None:
         super().__init__(model)
-        self.num_samples = _check_positive_int(num_samples, "num_samples")
+        self.num_samples = check_positive_int(num_samples, "num_samples")
         if not math.isfinite(noise) or noise < 0:
             raise ValueError(
                 f"noise must be a finite fraction >= 0 of the value range, got {noise}."
@@ -161,9 +168,11 @@ class SmoothGrad(Attribution):
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {seed!r}.")
         self.seed = seed
-        self.batch_size = _check_batch_size(batch_size, "batch_size")
+        self.internal_batch_size = check_optional_positive_int(
+            internal_batch_size, "internal_batch_size"
+        )
         self.magnitude = bool(magnitude)
-        self.reduce = _check_choice(reduce, get_args(Reduce), "reduce")
+        self.reduce = check_choice(reduce, get_args(Reduce), "reduce")
         if self.magnitude and self.reduce == "input_x_grad":
             raise ValueError(
                 "magnitude=True averages squared gradients, which gradient x input cannot use; "
@@ -175,14 +184,14 @@ class SmoothGrad(Attribution):
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         return torch.randn((self.num_samples, *shape), generator=gen)
 
-    def attribute(self, x: torch.Tensor, target: Target) -> torch.Tensor:
+    def attribute(self, x: torch.Tensor, target: Checked) -> torch.Tensor:
         b = x.shape[0]
         eps = self.noise_patterns(tuple(x.shape[1:])).to(device=x.device, dtype=x.dtype)
         flat = x.flatten(1)
         sigma = (self.noise * (flat.max(1).values - flat.min(1).values)).view(1, b, 1, 1, 1)
 
         total = torch.zeros_like(x)
-        for k0, k1 in _chunks(self.num_samples, b, self.batch_size):
+        for k0, k1 in _chunks(self.num_samples, b, self.internal_batch_size):
             noisy = (x.unsqueeze(0) + sigma * eps[k0:k1].unsqueeze(1)).reshape(-1, *x.shape[1:])
             g = _output_gradient(self.model, noisy, _repeat_target(target, k1 - k0))
             g = g.reshape(k1 - k0, *x.shape)
@@ -192,6 +201,8 @@ class SmoothGrad(Attribution):
 
 class _PathAttribution(Attribution):
     """A path method: attributions sum to F(x) - F(start of the path) (completeness)."""
+
+    accepts_callable: ClassVar[bool] = True
 
     @abstractmethod
     def path_start(self, x: torch.Tensor) -> torch.Tensor:
@@ -209,34 +220,12 @@ class _PathAttribution(Attribution):
         with evaluating(self.model), torch.inference_mode(False), torch.no_grad():
             x = x.detach().clone()
             start = self.path_start(x)
-            target = check_target(target, x.shape[0])
+            target = resolve_target(self.model, x, target)
+            self.check_supported(target)
             rows = torch.cat([x, start])
             f = explained_output(self.model, rows, _repeat_target(target, 2))
             b = x.shape[0]
             return maps.to(f.dtype).sum((1, 2)) - (f[:b] - f[b:])
-
-
-def integration_rule(method: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Points a_k in [0, 1] and weights w_k (summing to 1) of a quadrature rule, float64 [steps].
-
-    ``riemann_trapezoid``: a_k = k/(steps-1), w = 1/(steps-1) with halved end weights (captum
-    0.9's rule of this name uses w = 1/steps on these points, whose weights sum to 1 - 1/steps: a
-    1/steps bias in completeness, so it is not reused). ``riemann_left/right/middle``: a_k =
-    k/steps, (k+1)/steps, (k+1/2)/steps with w = 1/steps. ``gausslegendre``: Gauss-Legendre nodes
-    mapped to [0, 1].
-    """
-    k = torch.arange(steps, dtype=torch.float64)
-    if method == "riemann_trapezoid":
-        if steps < 2:
-            raise ValueError("riemann_trapezoid needs steps >= 2 (both end points).")
-        weights = torch.full((steps,), 1.0 / (steps - 1), dtype=torch.float64)
-        weights[[0, -1]] /= 2
-        return k / (steps - 1), weights
-    if method == "gausslegendre":
-        nodes, weights = np.polynomial.legendre.leggauss(steps)
-        return torch.from_numpy((nodes + 1) / 2), torch.from_numpy(weights / 2)
-    offset = {"riemann_left": 0.0, "riemann_right": 1.0, "riemann_middle": 0.5}[method]
-    return (k + offset) / steps, torch.full((steps,), 1.0 / steps, dtype=torch.float64)
 
 
 class IntegratedGradients(_PathAttribution):
@@ -265,6 +254,8 @@ class IntegratedGradients(_PathAttribution):
         abs: sum absolute attributions over channels (loses completeness).
     """
 
+    label: ClassVar[str] = "Integrated Gradients"
+
     def __init__(
         self,
         model: nn.Module,
@@ -275,9 +266,11 @@ class IntegratedGradients(_PathAttribution):
         abs: bool = False,
     ) -> None:
         super().__init__(model)
-        self.method = _check_choice(method, get_args(IGMethod), "method")
-        self.steps = _check_positive_int(steps, "steps", 2 if method == "riemann_trapezoid" else 1)
-        self.internal_batch_size = _check_batch_size(internal_batch_size, "internal_batch_size")
+        self.method = check_choice(method, get_args(IGMethod), "method")
+        self.steps = check_positive_int(steps, "steps", 2 if method == "riemann_trapezoid" else 1)
+        self.internal_batch_size = check_optional_positive_int(
+            internal_batch_size, "internal_batch_size"
+        )
         self.abs = bool(abs)
         if isinstance(baseline, torch.Tensor):
             if not baseline.is_floating_point() or not torch.isfinite(baseline).all():
@@ -309,7 +302,7 @@ class IntegratedGradients(_PathAttribution):
                 f"{tuple(x.shape)}; give [C, H, W], [1, C, H, W] or [B, C, H, W]."
             ) from None
 
-    def attribute(self, x: torch.Tensor, target: Target) -> torch.Tensor:
+    def attribute(self, x: torch.Tensor, target: Checked) -> torch.Tensor:
         b = x.shape[0]
         start = self.path_start(x)
         alphas, weights = integration_rule(self.method, self.steps)
@@ -323,54 +316,6 @@ class IntegratedGradients(_PathAttribution):
             total = total + (weights[k0:k1].view(-1, 1, 1, 1, 1) * grad.view(-1, *x.shape)).sum(0)
         attributions = (x - start) * total
         return (attributions.abs() if self.abs else attributions).sum(1)
-
-
-def _gaussian_kernels(sigma: torch.Tensor, truncate: float) -> torch.Tensor:
-    """Normalised 1-D Gaussian kernels [N, 2R+1] for sigmas [N] (float64), as scipy.ndimage.
-
-    Row n has radius ``int(truncate * sigma_n + 0.5)`` (zeros beyond it); sigma 0 is the identity.
-    R is the largest radius.
-    """
-    radii = (truncate * sigma + 0.5).floor().long()
-    r = int(radii.max())
-    offsets = torch.arange(-r, r + 1, dtype=torch.float64, device=sigma.device)
-    safe = sigma.clamp_min(1e-12)[:, None]
-    k = torch.exp(-0.5 * (offsets[None] / safe) ** 2)
-    k = torch.where(offsets[None].abs() <= radii[:, None], k, torch.zeros_like(k))
-    return k / k.sum(1, keepdim=True)
-
-
-def gaussian_blur(
-    x: torch.Tensor, sigma: float | torch.Tensor, truncate: float = 4.0
-) -> torch.Tensor:
-    """Spatial Gaussian blur with zero padding, the blur PAIR's Blur IG uses.
-
-    Matches ``scipy.ndimage.gaussian_filter(img, sigma=[s, s, 0], mode="constant")`` on each
-    [H, W, C] image: a separable kernel of radius ``int(truncate * s + 0.5)``, values outside the
-    image taken as 0 (so blurring darkens borders of images that are not black there).
-
-    Args:
-        x: images [N, C, H, W].
-        sigma: one standard deviation in pixels, or one per image [N]; 0 leaves the image as is.
-        truncate: kernel radius in standard deviations (scipy's default 4).
-
-    Returns:
-        blurred images [N, C, H, W], same dtype; differentiable w.r.t. ``x``.
-    """
-    n, c, h, w = x.shape
-    sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).expand(n)
-    if (sigma < 0).any() or not torch.isfinite(sigma).all():
-        raise ValueError(f"sigma must be finite and >= 0, got {sigma.tolist()[:5]}.")
-    kernel = _gaussian_kernels(sigma, truncate).to(x.dtype)
-    r = (kernel.shape[1] - 1) // 2
-    if r == 0:
-        return x
-    # One group per (image, channel): each image is blurred with its own kernel.
-    weight = kernel.repeat_interleave(c, dim=0)
-    flat = x.reshape(1, n * c, h, w)
-    flat = nn.functional.conv2d(flat, weight[:, None, :, None], padding=(r, 0), groups=n * c)
-    flat = nn.functional.conv2d(flat, weight[:, None, None, :], padding=(0, r), groups=n * c)
-    return flat.reshape(n, c, h, w)
 
 
 class BlurIG(_PathAttribution):
@@ -405,6 +350,8 @@ class BlurIG(_PathAttribution):
         abs: sum absolute attributions over channels (loses completeness).
     """
 
+    label: ClassVar[str] = "Blur IG"
+
     def __init__(
         self,
         model: nn.Module,
@@ -416,7 +363,7 @@ class BlurIG(_PathAttribution):
         abs: bool = False,
     ) -> None:
         super().__init__(model)
-        self.steps = _check_positive_int(steps, "steps")
+        self.steps = check_positive_int(steps, "steps")
         if not math.isfinite(max_sigma) or max_sigma <= 0:
             raise ValueError(f"max_sigma must be a positive number of pixels, got {max_sigma}.")
         if not math.isfinite(grad_step) or grad_step <= 0:
@@ -424,7 +371,9 @@ class BlurIG(_PathAttribution):
         self.max_sigma = float(max_sigma)
         self.grad_step = float(grad_step)
         self.sqrt = bool(sqrt)
-        self.internal_batch_size = _check_batch_size(internal_batch_size, "internal_batch_size")
+        self.internal_batch_size = check_optional_positive_int(
+            internal_batch_size, "internal_batch_size"
+        )
         self.abs = bool(abs)
 
     def sigmas(self) -> torch.Tensor:
@@ -435,7 +384,7 @@ class BlurIG(_PathAttribution):
     def path_start(self, x: torch.Tensor) -> torch.Tensor:
         return gaussian_blur(x, self.max_sigma)
 
-    def attribute(self, x: torch.Tensor, target: Target) -> torch.Tensor:
+    def attribute(self, x: torch.Tensor, target: Checked) -> torch.Tensor:
         b = x.shape[0]
         sig = self.sigmas().to(x.device)
         total = torch.zeros_like(x)

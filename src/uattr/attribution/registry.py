@@ -1,47 +1,62 @@
-"""Attribution methods by name, for configs, callbacks and ``evaluate.py``."""
+"""Attribution methods by name, for configs, callbacks and ``evaluate.py``.
+
+:data:`METHODS` maps each name to its class, in the order of the report tables. What a method
+explains and needs is metadata on its class (:class:`~uattr.attribution.base.Attribution`):
+``METHODS[name].label``, ``.explains_uncertainty``, ``.class_dependent``, ``.needs_layer``,
+``.needs_statistics``, ``.required_kwargs``.
+"""
 
 from __future__ import annotations
 
-import importlib
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
 
 from uattr.attribution.base import Attribution
+from uattr.attribution.cam import ContrastCAM, CounterfactualCAM, GradCAM, default_cam_layer
+from uattr.attribution.fullgrad import FullGrad
+from uattr.attribution.gradients import BlurIG, Gradient, IntegratedGradients, SmoothGrad
+from uattr.attribution.iba import PerSampleBottleneck, ReadoutBottleneck
+from uattr.attribution.random_map import RandomMap
+from uattr.attribution.ua_backprop import UABackprop
 
 __all__ = [
-    "CLASS_ONLY_METHODS",
     "METHODS",
-    "TARGET_FREE_METHODS",
     "build_method",
     "check_uncertainty_methods",
     "default_cam_layer",
+    "method_class",
 ]
 
-#: name -> "module:Class"; imported lazily so a method's optional pieces load only when used
-METHODS: dict[str, str] = {
-    "ua_backprop": "uattr.attribution.ua_backprop:UABackprop",
-    "gradient": "uattr.attribution.gradients:Gradient",
-    "smoothgrad": "uattr.attribution.gradients:SmoothGrad",
-    "integrated_gradients": "uattr.attribution.gradients:IntegratedGradients",
-    "blur_ig": "uattr.attribution.gradients:BlurIG",
-    "fullgrad": "uattr.attribution.fullgrad:FullGrad",
-    "gradcam": "uattr.attribution.cam:GradCAM",
-    "contrast_cam": "uattr.attribution.cam:ContrastCAM",
-    "counterfactual_cam": "uattr.attribution.cam:CounterfactualCAM",
-    "per_sample_iba": "uattr.attribution.iba:PerSampleBottleneck",
-    "readout": "uattr.attribution.readout:ReadoutBottleneck",
-    "random": "uattr.attribution.random_map:RandomMap",
+#: name -> class, in the order of the report tables.
+METHODS: dict[str, type[Attribution]] = {
+    "ua_backprop": UABackprop,
+    "gradient": Gradient,
+    "smoothgrad": SmoothGrad,
+    "integrated_gradients": IntegratedGradients,
+    "blur_ig": BlurIG,
+    "fullgrad": FullGrad,
+    "gradcam": GradCAM,
+    "counterfactual_cam": CounterfactualCAM,
+    "contrast_cam": ContrastCAM,
+    "per_sample_iba": PerSampleBottleneck,
+    "readout": ReadoutBottleneck,
+    "random": RandomMap,
 }
 
-_NEEDS_LAYER = {"gradcam", "contrast_cam", "counterfactual_cam", "per_sample_iba"}
 
-#: Methods that explain a class and cannot explain an uncertainty.
-CLASS_ONLY_METHODS = frozenset({"contrast_cam", "readout"})
-#: Class-only methods whose map does not depend on the class either (a trained readout predicts
-#: its mask from the features alone): the validation callbacks run them with no target.
-TARGET_FREE_METHODS = frozenset({"readout"})
+def method_class(name: str) -> type[Attribution]:
+    """The class registered as ``name``.
+
+    Raises:
+        ValueError: an unknown name (the message lists the registered ones).
+    """
+    cls = METHODS.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise ValueError(f"unknown attribution method {name!r}; choose from {', '.join(METHODS)}.")
+    return cls
 
 
 def check_uncertainty_methods(
@@ -51,13 +66,15 @@ def check_uncertainty_methods(
 ) -> tuple[tuple[str, ...], dict[str, dict[str, Any]]]:
     """Validate the methods a callback runs on an uncertainty target, and their kwargs.
 
+    A method that explains class scores only is allowed when its map does not depend on the
+    target (``class_dependent`` false, the trained readout): the callbacks run it with no target.
+
     Returns:
         ``(method names, {name: constructor kwargs})`` (copies).
 
     Raises:
         ValueError: no method, repeated or unknown names, a class-only method whose map depends
-            on the class (:data:`CLASS_ONLY_METHODS` but not :data:`TARGET_FREE_METHODS`), or
-            kwargs for a method not in ``methods``.
+            on the class, or kwargs for a method not in ``methods``.
     """
     names = (methods,) if isinstance(methods, str) else tuple(methods)
     if not names:
@@ -65,11 +82,8 @@ def check_uncertainty_methods(
     if len(set(names)) != len(names):
         raise ValueError(f"methods must be distinct, got {list(names)}.")
     for name in names:
-        if name not in METHODS:
-            raise ValueError(
-                f"unknown attribution method {name!r}; choose from {', '.join(METHODS)}."
-            )
-        if name in CLASS_ONLY_METHODS - TARGET_FREE_METHODS:
+        cls = method_class(name)
+        if not cls.explains_uncertainty and cls.class_dependent:
             raise ValueError(
                 f"{name} explains class scores only and cannot attribute the {uncertainty!r} "
                 "uncertainty; remove it from methods (evaluate.py runs it on class targets)."
@@ -83,33 +97,32 @@ def check_uncertainty_methods(
     return names, kwargs
 
 
-def default_cam_layer(model: nn.Module) -> str:
-    """The dotted name of the model's last convolutional block, from its backbone's ``cam_layer``.
-
-    ``"backbone.conv2"`` for an MCDropout LeNet5, ``"members.*.conv2"`` for a DeepEnsemble (every
-    member hooked), ``"conv2"`` for a plain LeNet5.
-    """
-    if hasattr(model, "members"):
-        return f"members.*.{default_cam_layer(model.members[0])}"
-    if hasattr(model, "backbone") and not hasattr(model, "cam_layer"):
-        return f"backbone.{default_cam_layer(model.backbone)}"
-    layer = getattr(model, "cam_layer", None)
-    if layer is None:
-        raise ValueError(
-            f"{type(model).__name__} declares no cam_layer: pass layer=<dotted module name>."
-        )
-    return layer
+def _describe(cls: type[Attribution], argument: str) -> str:
+    """What the constructor expects for ``argument``: its annotation, else "..."."""
+    parameter = inspect.signature(cls).parameters.get(argument)
+    if parameter is None or parameter.annotation is inspect.Parameter.empty:
+        return "..."
+    annotation = parameter.annotation
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "...")
 
 
 def build_method(name: str, model: nn.Module, **kwargs: Any) -> Attribution:
     """Construct the attribution method ``name`` (a key of :data:`METHODS`) on ``model``.
 
-    Layer-based methods get :func:`default_cam_layer` unless ``layer`` is given.
+    Methods with ``needs_layer`` get :func:`default_cam_layer` unless ``layer`` is given. A method
+    with ``needs_statistics`` still needs ``method.estimate(data, n_samples=...)`` before use.
+
+    Raises:
+        ValueError: an unknown name, or a missing entry of the class's ``required_kwargs``.
     """
-    if name not in METHODS:
-        raise ValueError(f"unknown attribution method {name!r}; choose from {', '.join(METHODS)}.")
-    module_name, class_name = METHODS[name].split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    if name in _NEEDS_LAYER and kwargs.get("layer") is None:
+    cls = method_class(name)
+    missing = [k for k in cls.required_kwargs if kwargs.get(k) is None]
+    if missing:
+        needed = ", ".join(f"{k}=<{_describe(cls, k)}>" for k in missing)
+        raise ValueError(
+            f"the {name!r} method ({cls.__name__}) needs {needed}, which has no default: pass "
+            f"build_method({name!r}, model, {missing[0]}=...) or put it in the method's kwargs."
+        )
+    if cls.needs_layer and kwargs.get("layer") is None:
         kwargs["layer"] = default_cam_layer(model)
     return cls(model, **kwargs)

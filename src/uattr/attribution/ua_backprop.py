@@ -1,20 +1,19 @@
 """UA-Backprop: gradient-based uncertainty attribution (Wang, Joshi, Wang & Ji, CVPR 2023).
 
 The uncertainty U of a posterior with S samples (logits z^s [K], probabilities g^s = softmax(z^s),
-mean g_bar) is passed back in three stages (research/ua-backprop.md section 1):
+mean g_bar) is passed back in three stages:
 
-A. U -> per-class contributions U_{g_i}, summing to U (section 1.2, UNCONFIRMED formulas; the
-   natural completeness-preserving choice):
+A. U -> per-class contributions U_{g_i}, summing to U (Wang et al. 2023, section 3):
 
    - total      U_{g_i} = h(g_bar_i),                       h(p) = -p log p
    - aleatoric  U_{g_i} = (1/S) sum_s h(g_i^s)
    - epistemic  U_{g_i} = h(g_bar_i) - (1/S) sum_s h(g_i^s)   (>= 0 by Jensen)
 
-B. g -> z routing (POSTER formula): c^s_{j->i} = softmax_i((d g_j^s / d z_i^s) / (g_j^s tau1)),
+B. g -> z routing (section 3): c^s_{j->i} = softmax_i((d g_j^s / d z_i^s) / (g_j^s tau1)),
    which for a softmax is softmax_i((delta_ij - g_i^s) / tau1), in closed form (no Jacobian);
    U_{z_i^s} = sum_j c^s_{j->i} U_{g_j}, so (1/S) sum_{s,i} U_{z_i^s} = U.
 
-C. z -> x (POSTER formula, FullGrad-style): per (s, i) the map
+C. z -> x (section 3, the paper's "UA-Backprop + FullGrad" variant): per (s, i) the map
    v_i^s = sum_c |grad_x z_i^s ⊙ x| + sum_l up(sum_c |grad_{h_l} z_i^s ⊙ b_l|) over the spatial
    biased layers l (conv, folded BatchNorm, ``Normalize``), and M_i^s = psi(v_i^s, tau2), a
    distribution over the H*W pixels.
@@ -22,25 +21,29 @@ C. z -> x (POSTER formula, FullGrad-style): per (s, i) the map
 M(x) = (1/S) sum_{s,i} U_{z_i^s} M_i^s, so sum_pixels M(x) = U (completeness), M >= 0, and, as
 c and psi do not depend on the uncertainty kind, M_total = M_aleatoric + M_epistemic.
 
-Cost: one forward of the S*B rows plus K input backwards, each of which also gives every bias
-map (research/performance.md sections 2-3). By default (``class_chunk=1``) the K backwards are a
-loop of plain ``torch.autograd.grad`` calls, one one-hot cotangent per class, each map folded into
-the running sum at once. ``class_chunk=k > 1`` makes them ``torch.autograd.grad(...,
-is_grads_batched=True)`` calls over k cotangents; that runs on torch's legacy vmap, which (torch
-2.14) has no batching rule for ``convolution_backward`` or ``max_pool2d_with_indices_backward`` and
-loops over the slices inside those ops, so on CPU it was ~2x slower than the loop at ~k x the
-activation-gradient memory (benchmarks/attribution.py); try it on a GPU. The input gradient of a
-first convolution takes the faster CPU route of
+Cost: one forward of the S*B rows plus K input backwards over all of them, each of which also
+gives every bias map. By default (``classes_per_backward=1``) the K backwards are a loop of plain
+``torch.autograd.grad`` calls, one one-hot cotangent per class, each map folded into the running
+sum at once. ``classes_per_backward=k > 1`` makes them ``torch.autograd.grad(...,
+is_grads_batched=True)`` calls over k cotangents; that runs on torch's legacy vmap, which has no
+batching rule for ``convolution_backward`` or ``max_pool2d_with_indices_backward`` and loops over
+the slices inside those ops, so on CPU it was slower than the loop, at ~k x the
+activation-gradient memory (``docs/choices_and_timings.md``); try it on a GPU. The input
+gradient of a first convolution takes the faster CPU route of
 :func:`~uattr.attribution.conv_input_grad.small_input_conv_gradients`. ``naive=True`` is the
 reference: one B-row forward per sample and one plain-autograd backward per (s, i).
 
-What the paper leaves open (UNCONFIRMED; all are constructor options):
+Choices (all constructor options; ``docs/choices_and_timings.md``):
 
-- psi: ``"softmax"`` over pixels of v / tau2, or ``"power"`` v^(1/tau2) / sum v^(1/tau2);
-- whether v is min-max rescaled to [0, 1] before psi (``rescale``), and whether each term is
-  rescaled before the sum (``per_term_rescale``, FullGrad's per-layer post-processing; the POSTER
-  puts the raw sum inside psi, the default here);
-- tau1, tau2 values, and whether the bias terms are used at all (``bias_terms``).
+- tau1, tau2: UNCONFIRMED, the paper's values are in its supplement;
+- psi: ``"softmax"`` over pixels of v / tau2 (the main text's psi, a channel average followed by a
+  temperature softmax; here the terms are summed over channels, and how the paper treats the
+  channels of the bias terms is UNCONFIRMED), or ``"power"`` v^(1/tau2) / sum v^(1/tau2);
+- whether v is min-max rescaled to [0, 1] before psi (``rescale``, default True so that tau2 is
+  scale-free; the main text mentions no rescale, so ``rescale=False`` is the literal reading), and
+  whether each term is rescaled before the sum (``per_term_rescale``, FullGrad's per-layer
+  post-processing; the paper puts the raw sum inside psi, the default here);
+- whether the bias terms are used at all (``bias_terms``; the paper's main variant uses them).
 
 Evidential models (one Dirichlet, S = 1): g is the expected probability p_hat = alpha / alpha_0,
 z the backbone's logits, and stage A uses the Dirichlet quantities of
@@ -59,13 +62,13 @@ so maps are >= 0 and sum to g_bar_t (p_hat_t for an evidential model), not to th
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple, get_args
+from typing import ClassVar, Literal, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uattr.attribution.base import Attribution, Target, check_target
+from uattr.attribution.base import Attribution, Target, renamed_arguments, resolve_target
 from uattr.attribution.bias_gradients import (
     BiasOutput,
     gradients,
@@ -77,8 +80,8 @@ from uattr.attribution.bias_gradients import (
 )
 from uattr.bayes.evidential import evidence
 from uattr.bayes.posterior import check_uncertainty_kind, posterior_kind
+from uattr.common import check_choice, check_images, check_optional_positive_int, minmax_scale
 from uattr.modes import evaluating
-from uattr.common import check_images
 
 __all__ = [
     "Contributions",
@@ -94,7 +97,8 @@ Psi = Literal["softmax", "power"]
 
 
 def class_contributions(probs: torch.Tensor, target: Target) -> torch.Tensor:
-    """Stage A: per-class contributions U_{g_i} [B, K] of S sampled predictions (section 1.2).
+    """Stage A: per-class contributions U_{g_i} [B, K] of S sampled predictions (Wang et al. 2023,
+    section 3).
 
     Args:
         probs: [S, B, K] class probabilities g^s.
@@ -168,7 +172,7 @@ def _one_hot_of(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def routing(probs: torch.Tensor, tau1: float) -> torch.Tensor:
     """Stage B weights c[s, b, j, i] = c^s_{j->i} = softmax_i((delta_ij - g_i^s) / tau1).
 
-    The closed form of the POSTER's softmax_i((d g_j / d z_i) / (g_j tau1)) for a softmax output
+    The closed form of the paper's softmax_i((d g_j / d z_i) / (g_j tau1)) for a softmax output
     (d g_j / d z_i = g_j (delta_ij - g_i)). ``tau1 = 0`` is the limit tau1 -> 0: c = identity.
 
     Args:
@@ -195,8 +199,9 @@ def logit_contributions(per_class: torch.Tensor, probs: torch.Tensor, tau1: floa
     return torch.einsum("sbji,bj->sbi", routing(probs, tau1), per_class)
 
 
-def _minmax(v: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """Min-max rescale each [..., H, W] map to [0, ``scale``]; a constant map becomes 0."""
+def _minmax_to(v: torch.Tensor, scale: float) -> torch.Tensor:
+    """:func:`uattr.common.minmax_scale` to [0, ``scale``] in one pass: ``(v - lo) * factor`` with
+    ``factor = scale / span`` (the softmax path's rescale-and-divide-by-tau2, on the hot path)."""
     flat = v.flatten(-2)
     lo, hi = torch.aminmax(flat, dim=-1, keepdim=True)
     span = hi - lo
@@ -213,10 +218,10 @@ def pixel_distribution(v: torch.Tensor, psi: Psi, tau2: float, rescale: bool) ->
     """
     if psi == "softmax":
         # Rescaling to [0, 1 / tau2] in one pass is rescaling to [0, 1] and dividing by tau2.
-        scaled = _minmax(v, 1.0 / tau2) if rescale else v / tau2
+        scaled = _minmax_to(v, 1.0 / tau2) if rescale else v / tau2
         return torch.softmax(scaled.flatten(-2), dim=-1).view_as(v)
     if rescale:
-        v = _minmax(v)
+        v = minmax_scale(v)
     flat = v.flatten(-2)
     peak = flat.amax(-1, keepdim=True)
     powered = (flat / peak.clamp_min(torch.finfo(v.dtype).tiny)).pow(1.0 / tau2)
@@ -246,29 +251,44 @@ class UABackprop(Attribution):
         model: ``MCDropout``, ``DeepEnsemble`` (its member loop is used: attribution hooks each
             member's layers), an ``Evidential`` model (needs ``.backbone``) or a plain classifier
             (S = 1; its epistemic uncertainty, and map, is 0).
-        tau1: routing temperature of stage B (UNCONFIRMED; default 0.1, the spec's default: 98% of
-            each class's contribution stays on its own logit for K = 10). ``0`` means no routing
-            (the tau1 -> 0 limit, U_{z_i^s} = U_{g_i}).
-        tau2: psi temperature (UNCONFIRMED). Default 1.0: on the [0, 1]-rescaled map, tau2 around 1
-            localised an anomaly patch in 62/64 MNIST images while tau2 <= 0.1 concentrated each
-            (s, i) map on a few stroke pixels and localised in only ~31/64 (research/ua-backprop.md
-            section 9, measured); a map-level ratio of e between the strongest and weakest pixel.
-        psi: ``"softmax"`` (default; the reading of psi as a temperature softmax over pixels) or
+        tau1: routing temperature of stage B (UNCONFIRMED: the paper's value is in its supplement;
+            default 0.1: 98% of each class's contribution stays on its own logit for K = 10).
+            ``0`` means no routing (the tau1 -> 0 limit, U_{z_i^s} = U_{g_i}).
+        tau2: psi temperature (UNCONFIRMED: the paper's value is in its supplement). Default 1.0:
+            on the [0, 1]-rescaled map, tau2 around 1 localised an anomaly patch in 62/64 MNIST
+            images while tau2 <= 0.1 concentrated each (s, i) map on a few stroke pixels and
+            localised in only ~31/64 (measured on MNIST with an earlier small implementation
+            written for this project; ``docs/choices_and_timings.md``); a map-level ratio of e
+            between the strongest and weakest pixel.
+        psi: ``"softmax"`` (default; the paper's temperature softmax over pixels, section 3) or
             ``"power"``.
-        rescale: min-max rescale v to [0, 1] before psi (default True, so tau2 is scale-free).
-        bias_terms: add the spatial bias-gradient terms to v (default True, the POSTER formula);
-            False uses the input term alone.
+        rescale: min-max rescale v to [0, 1] before psi (default True, so tau2 is scale-free;
+            False is the literal reading of the paper's section 3, with tau2 on the raw scale of
+            v).
+        bias_terms: add the spatial bias-gradient terms to v (default True, the paper's main
+            variant); False uses the input term alone.
         per_term_rescale: min-max rescale the input term and each bias term separately before
-            summing them (FullGrad's per-layer post-processing); default False (the POSTER sums the
+            summing them (FullGrad's per-layer post-processing); default False (the paper sums the
             raw terms inside psi).
-        class_chunk: one-hot cotangents per backward. ``1`` (default): a loop of K plain
-            backwards (the least memory; the fastest on CPU, module docstring). ``k > 1``: K / k
-            ``is_grads_batched`` backwards of k cotangents (transient memory ~k x the activation
-            gradients of the S*B rows); ``None``: all K in one.
+        classes_per_backward: one-hot class cotangents per backward (formerly ``class_chunk``,
+            which now raises a TypeError). A count of classes, not of rows, so it is not the
+            gradient methods' ``internal_batch_size``: every backward runs over all S*B rows of
+            the one forward (the forward cannot be split without repeating it per class).
+            ``1`` (default): a loop of K plain backwards (the least memory; the fastest on CPU,
+            module docstring). ``k > 1``: K / k ``is_grads_batched`` backwards of k cotangents
+            (transient memory ~k x the activation gradients of the S*B rows); ``None``: all K in
+            one.
         naive: run the reference path instead: one B-row forward per posterior sample and one
             backward per (s, i). Same maps, far slower; for tests and benchmarks.
+
+    Targets: an uncertainty kind or class indices (``None``: the predicted class). A callable
+    target raises a TypeError: stage A splits the explained value over the classes, which needs
+    the named decomposition, not an arbitrary scalar.
     """
 
+    label: ClassVar[str] = "UA-Backprop"
+
+    @renamed_arguments(class_chunk="classes_per_backward")
     def __init__(
         self,
         model: nn.Module,
@@ -278,7 +298,7 @@ class UABackprop(Attribution):
         rescale: bool = True,
         bias_terms: bool = True,
         per_term_rescale: bool = False,
-        class_chunk: int | None = 1,
+        classes_per_backward: int | None = 1,
         naive: bool = False,
     ) -> None:
         super().__init__(model)
@@ -286,19 +306,15 @@ class UABackprop(Attribution):
             raise ValueError(f"tau1 must be a finite number >= 0 (0 = no routing), got {tau1!r}.")
         if not (isinstance(tau2, int | float) and math.isfinite(tau2) and tau2 > 0):
             raise ValueError(f"tau2 must be a finite number > 0, got {tau2!r}.")
-        if psi not in get_args(Psi):
-            raise ValueError(f"psi must be one of {get_args(Psi)}, got {psi!r}.")
-        if class_chunk is not None and (
-            isinstance(class_chunk, bool) or not isinstance(class_chunk, int) or class_chunk < 1
-        ):
-            raise ValueError(f"class_chunk must be None or an int >= 1, got {class_chunk!r}.")
         self.tau1 = float(tau1)
         self.tau2 = float(tau2)
-        self.psi = psi
+        self.psi = check_choice(psi, get_args(Psi), "psi")
         self.rescale = bool(rescale)
         self.bias_terms = bool(bias_terms)
         self.per_term_rescale = bool(per_term_rescale)
-        self.class_chunk = class_chunk
+        self.classes_per_backward = check_optional_positive_int(
+            classes_per_backward, "classes_per_backward"
+        )
         self.naive = bool(naive)
 
     # ----------------------------------------------------------------- stages A and B (weights)
@@ -325,10 +341,12 @@ class UABackprop(Attribution):
         """U_{g_i} [B, K] and U_{z_i^s} [S, B, K] for images ``x`` (one no-grad forward, in eval
         mode)."""
         check_images(x, name=f"{self.name} inputs")
-        target = check_target(target, x.shape[0])
-        self._check_kind(target)
         with evaluating(self.model), torch.inference_mode(False), torch.no_grad():
-            pf = posterior_forward(self.model, x.detach().clone())
+            x = x.detach().clone()
+            target = resolve_target(self.model, x, target)
+            self.check_supported(target)
+            self._check_kind(target)
+            pf = posterior_forward(self.model, x)
             return self._contributions_from_logits(pf.logits, x, target)
 
     def _check_kind(self, target: Target) -> None:
@@ -347,11 +365,11 @@ class UABackprop(Attribution):
         """v [..., N, H, W] from the input gradient and the spatial bias-layer gradients."""
         size = (x.shape[-2], x.shape[-1])
         term = input_map(grad_x, x)
-        v = _minmax(term) if self.per_term_rescale else term
+        v = minmax_scale(term) if self.per_term_rescale else term
         for site, g, r in zip(sites, site_grads, rows, strict=True):
             term = upsample(site.abs_map(g), size)
             if self.per_term_rescale:
-                term = _minmax(term)
+                term = minmax_scale(term)
             v[..., r, :, :] += term
         return v
 
@@ -379,7 +397,7 @@ class UABackprop(Attribution):
         per_row = x.new_zeros(s * b, *x.shape[-2:])
         # Classes with zero weight in every row (a zero-uncertainty batch) need no backward.
         active = (weights != 0).any(0).nonzero().flatten().tolist()
-        chunk = len(active) if self.class_chunk is None else self.class_chunk
+        chunk = len(active) if self.classes_per_backward is None else self.classes_per_backward
         for start in range(0, len(active), max(chunk, 1)):
             classes = active[start : start + chunk]
             onehot = F.one_hot(torch.tensor(classes, device=z.device), k).to(z.dtype)

@@ -2,10 +2,12 @@
 
 Attribution and metric code call these instead of dispatching on the model themselves:
 
-- a *sampling posterior* (anything with a ``sample_logits(x) -> [S, B, K]`` method: MCDropout,
-  DeepEnsemble) -> entropy decomposition of its S samples (:func:`decompose_logits`);
-- an *evidential* model (:class:`Evidential`, or anything with an ``alpha(x) -> [B, K]`` method)
-  -> Dirichlet uncertainties (:func:`dirichlet_uncertainty`), the only kind with ``"vacuity"``;
+- a *sampling posterior* (:class:`~uattr.bayes.contract.SamplingPosterior`: anything with a
+  ``sample_logits(x) -> [S, B, K]`` method, e.g. MCDropout, DeepEnsemble) -> entropy decomposition
+  of its S samples (:func:`decompose_logits`);
+- an *evidential* model (:class:`~uattr.bayes.contract.DirichletPosterior`: :class:`Evidential`,
+  or anything with an ``alpha(x) -> [B, K]`` method) -> Dirichlet uncertainties
+  (:func:`dirichlet_uncertainty`), the only kind with ``"vacuity"``;
 - any other ``nn.Module`` returning logits [B, K] -> one sample (S = 1): total = aleatoric =
   entropy of its softmax, epistemic = 0.
 
@@ -16,12 +18,13 @@ Everything is differentiable w.r.t. ``x``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, TypeGuard
 
 import torch
 from torch import nn
 
-from uattr.bayes.evidential import DirichletUncertainty, Evidential, dirichlet_uncertainty
+from uattr.bayes.contract import DirichletPosterior, SamplingPosterior
+from uattr.bayes.evidential import DirichletUncertainty, dirichlet_uncertainty
 from uattr.bayes.uncertainty import Uncertainty, decompose_logits, predictive_probs
 from uattr.common import EVIDENTIAL_UNCERTAINTY_KINDS, UNCERTAINTY_KINDS, check_images
 
@@ -29,6 +32,7 @@ __all__ = [
     "EVIDENTIAL_UNCERTAINTY_KINDS",
     "UNCERTAINTY_KINDS",
     "check_uncertainty_kind",
+    "checked_output",
     "is_evidential",
     "is_sampling",
     "model_uncertainties",
@@ -42,14 +46,20 @@ __all__ = [
 PosteriorKind = Literal["sampling", "evidential", "deterministic"]
 
 
-def is_evidential(model: nn.Module) -> bool:
-    """An :class:`Evidential` model, or any module with a callable ``alpha(x)`` method."""
-    return isinstance(model, Evidential) or callable(getattr(model, "alpha", None))
+def is_evidential(model: nn.Module) -> TypeGuard[DirichletPosterior]:
+    """A :class:`~uattr.bayes.contract.DirichletPosterior` with a callable ``alpha(x) -> [B, K]``
+    (an :class:`~uattr.bayes.evidential.Evidential` model, or any module with that method).
+
+    The one rule for "is this model evidential" in the package: attribution and metric code ask
+    this (or :func:`posterior_kind`) instead of looking for attributes themselves.
+    """
+    return isinstance(model, DirichletPosterior) and callable(model.alpha)
 
 
-def is_sampling(model: nn.Module) -> bool:
-    """A module with a callable ``sample_logits(x) -> [S, B, K]`` (MCDropout, DeepEnsemble)."""
-    return callable(getattr(model, "sample_logits", None))
+def is_sampling(model: nn.Module) -> TypeGuard[SamplingPosterior]:
+    """A :class:`~uattr.bayes.contract.SamplingPosterior` with a callable
+    ``sample_logits(x) -> [S, B, K]`` (MCDropout, DeepEnsemble)."""
+    return isinstance(model, SamplingPosterior) and callable(model.sample_logits)
 
 
 def posterior_kind(model: nn.Module) -> PosteriorKind:
@@ -93,34 +103,32 @@ def sample_logits(model: nn.Module, x: torch.Tensor, copies: int = 1) -> torch.T
             f"{type(model).__name__} is evidential: it predicts a Dirichlet alpha [B, K], not "
             "logit samples. Use model.alpha(x), predictive_distribution or model_uncertainties."
         )
-    if kind == "sampling":
-        logits = model.sample_logits(x)
-        if logits.dim() != 3 or logits.shape[1] != copies * x.shape[0]:
-            raise RuntimeError(
-                f"{type(model).__name__}.sample_logits must return [S, B, K] with B = "
-                f"{copies * x.shape[0]}, got shape {tuple(logits.shape)}."
-            )
-        return logits
-    check_images(x, getattr(model, "in_channels", None), name=f"{type(model).__name__} inputs")
-    logits = model(x)
     rows = copies * x.shape[0]
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != rows:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+    if kind == "sampling":
+        return checked_output(model.sample_logits(x), model, ".sample_logits", "[S, B, K]", rows)
+    check_images(x, getattr(model, "in_channels", None), name=f"{type(model).__name__} inputs")
+    return checked_output(model(x), model, "", "logits [B, K]", rows).unsqueeze(0)
+
+
+def checked_output(out: Any, model: nn.Module, call: str, form: str, rows: int) -> torch.Tensor:
+    """``out`` if it is a tensor of the shape ``form`` names (its B dimension = ``rows``); else
+    a RuntimeError naming the model's method ``call`` and what it returned."""
+    dims = form[form.index("[") + 1 : -1].split(", ")
+    if (
+        not isinstance(out, torch.Tensor)
+        or out.dim() != len(dims)
+        or out.shape[dims.index("B")] != rows
+    ):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise RuntimeError(
-            f"{type(model).__name__} must return logits [B, K] with B = {rows}, got {shape}."
+            f"{type(model).__name__}{call} must return {form} with B = {rows}, got shape {shape}."
         )
-    return logits.unsqueeze(0)
+    return out
 
 
 def _alpha(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     check_images(x, getattr(model, "in_channels", None), name=f"{type(model).__name__} inputs")
-    alpha = model.alpha(x)
-    if alpha.dim() != 2 or alpha.shape[0] != x.shape[0]:
-        raise RuntimeError(
-            f"{type(model).__name__}.alpha must return [B, K] with B = {x.shape[0]}, got shape "
-            f"{tuple(alpha.shape)}."
-        )
-    return alpha
+    return checked_output(model.alpha(x), model, ".alpha", "[B, K]", x.shape[0])
 
 
 def predict(

@@ -1,21 +1,22 @@
 """Uncertainty mitigation with attribution maps as attention (UA-Backprop, Wang et al. CVPR 2023).
 
-The paper (research/ua-backprop.md section 2.3) uses an uncertainty attribution map M(x), rescaled
-to [0, 1] per image, as the attention
+The attention built from an uncertainty attribution map M(x) is
 
-    A(x) = (1 - M(x)) * M(x)        in [0, 1/4], largest where M = 1/2,
+    A(x) = (1 - M(x)) * M(x),
 
-small both on pixels with no attribution (background, M ~ 0) and on the pixels that cause the
-uncertainty (M ~ 1), large on the informative pixels in between, and trains and evaluates the
-classifier on the attended image. How A is applied to x is not stated (UNCONFIRMED); the options of
-:func:`attend` are:
+small both on pixels with no attribution (background) and on the pixels that cause the
+uncertainty, large on the informative pixels in between. The paper (sections 4, 5.2.2) normalises
+M with a softmax over pixels and multiplies the last convolutional feature maps by (1 + alpha A),
+retraining on a small subset with precomputed maps; this callback works on the input instead (M
+min-max rescaled to [0, 1] per image, so A is in [0, 1/4], largest where M = 1/2), so it fits any
+model unchanged (the paper tries input-space attention only in an ablation; ``docs/mitigation.md``).
+The classifier is trained and evaluated on the attended image. The options of :func:`attend` are:
 
 - ``"scale"`` (default): x * A / max A, A rescaled per image so its peak keeps the pixel as is
   (x * A alone would dim every image at least 4x, a shift the model's fixed input normalisation
   would have to absorb);
-- ``"raw"``: x * A, the formula taken literally;
-- ``"suppress"``: (1 - M) * x, the reading the spec calls likely intended: only the problematic
-  pixels are dimmed.
+- ``"raw"``: x * A, the product taken literally on the input;
+- ``"suppress"``: (1 - M) * x, another reading, which dims only the problematic pixels.
 
 :class:`AttentionMitigation` applies this to every batch of ``fit`` (train and validation),
 ``validate``, ``test`` and ``predict``, so a mitigation run is evaluated like any other run and its
@@ -38,6 +39,7 @@ from uattr.attribution.base import Attribution
 from uattr.attribution.registry import METHODS, build_method
 from uattr.bayes import MCDropout
 from uattr.bayes.posterior import check_uncertainty_kind
+from uattr.common import check_choice, check_optional_positive_int
 from uattr.lit.checkpoint import load_checkpoint
 from uattr.modes import preserved_modes
 
@@ -95,8 +97,7 @@ def attend(x: torch.Tensor, maps: torch.Tensor, apply: Apply = "scale") -> torch
             only, leaves x unchanged), ``"raw"`` x * A, ``"suppress"`` (1 - M) * x. See the module
             docstring for why ``"scale"`` is the default.
     """
-    if apply not in get_args(Apply):
-        raise ValueError(f"apply must be one of {get_args(Apply)}, got {apply!r}.")
+    check_choice(apply, get_args(Apply), "apply")
     if maps.shape != (x.shape[0], *x.shape[2:]):
         raise ValueError(
             f"maps must have shape [B, H, W] = {(x.shape[0], *x.shape[2:])} to attend images of "
@@ -114,7 +115,7 @@ def attend(x: torch.Tensor, maps: torch.Tensor, apply: Apply = "scale") -> torch
 
 
 class AttentionMitigation(Callback):
-    """Fine-tune and evaluate on attended inputs x~ = attend(x, M(x)) (research/ua-backprop.md 2.3).
+    """Fine-tune and evaluate on attended inputs x~ = attend(x, M(x)) (Wang et al. 2023).
 
     Before every training, validation, test and predict step it replaces the batch's images by
     :func:`attend` of the attribution maps of ``uncertainty`` computed by ``method`` on the
@@ -170,22 +171,16 @@ class AttentionMitigation(Callback):
                 f"unknown attribution method {method!r}; choose from {', '.join(METHODS)}, or "
                 "None for the no-attention control."
             )
-        if apply not in get_args(Apply):
-            raise ValueError(f"apply must be one of {get_args(Apply)}, got {apply!r}.")
-        if attention_model not in get_args(AttentionModel):
+        if method is not None and not METHODS[method].explains_uncertainty:
             raise ValueError(
-                f"attention_model must be one of {get_args(AttentionModel)}, got "
-                f"{attention_model!r}."
+                f"{method} explains class scores only and cannot map the {uncertainty!r} "
+                "uncertainty that the attention is built from; pick a method that explains "
+                "uncertainty (e.g. ua_backprop, gradient)."
             )
-        if attention_samples is not None and (
-            isinstance(attention_samples, bool) or not isinstance(attention_samples, int)
-            or attention_samples < 1
-        ):
-            raise ValueError(
-                f"attention_samples must be an int >= 1 or None, got {attention_samples!r}."
-            )
+        check_choice(apply, get_args(Apply), "apply")
+        check_choice(attention_model, get_args(AttentionModel), "attention_model")
         self.method = method
-        self.attention_samples = attention_samples
+        self.attention_samples = check_optional_positive_int(attention_samples, "attention_samples")
         self.uncertainty = uncertainty
         self.method_kwargs = dict(method_kwargs or {})
         self.apply = apply

@@ -20,20 +20,13 @@ from uattr.callbacks.probe import (
     ProbeCallback,
     Stage,
     build_callback_methods,
-    check_positive_int,
     posterior_of,
     probe_uncertainties,
 )
+from uattr.common import check_positive_int, minmax_scale
 from uattr.modes import evaluating
 
 __all__ = ["AttributionImages", "render_grid"]
-
-
-def _normalise(maps: torch.Tensor) -> np.ndarray:
-    """Per-map min-max scaling to [0, 1] (a constant map becomes 0)."""
-    flat = maps.flatten(1)
-    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
-    return ((flat - lo) / (hi - lo).clamp_min(1e-12)).view_as(maps).cpu().numpy()
 
 
 def render_grid(
@@ -61,7 +54,7 @@ def render_grid(
     else:
         pictures = pictures.mean(1).clamp(0, 1).numpy()
         cmap = "gray"
-    scaled = {name: _normalise(m.detach().float()) for name, m in maps.items()}
+    scaled = {name: minmax_scale(m.detach().float()).cpu().numpy() for name, m in maps.items()}
     for i in range(n):
         axes[i, 0].imshow(pictures[i], cmap=cmap, vmin=0.0, vmax=1.0)
         if row_titles is not None:

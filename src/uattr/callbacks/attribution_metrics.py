@@ -20,10 +20,10 @@ from uattr.callbacks.probe import (
     ProbeCallback,
     Stage,
     build_callback_methods,
-    check_positive_int,
     posterior_of,
     probe_uncertainties,
 )
+from uattr.common import check_positive_int
 from uattr.data.perturbations import AnomalyPatch
 from uattr.metrics.blurring import BlurringTest
 from uattr.metrics.localization import AnomalyLocalization
@@ -86,9 +86,8 @@ class AttributionMetrics(ProbeCallback):
     rather than by its position in a batch, for the same reason.
 
     Cost: the blurring test scores ~100 blurred copies per image and dominates. The defaults
-    (16 probe images, so 8 blurred per method; every 5 epochs; three methods) were chosen with
-    ``benchmarks/callbacks.py`` so that ``fit`` of the default experiment stays within 1.5x its
-    time without callbacks on a 2-core CPU (LeNet-5, S = 20: ~1.7 s per run). Full protocols
+    (16 probe images, so 8 blurred per method; every 5 epochs; three methods) keep ``fit`` of the
+    default experiment within its benchmark budget (``benchmarks/callbacks.py``). Full protocols
     belong to ``evaluate.py``.
 
     Args:
@@ -105,7 +104,7 @@ class AttributionMetrics(ProbeCallback):
             ``sigma``, ``selection``, ``batch_size``, ...); ``True`` for its defaults,
             ``False``/``None`` to skip the test. ``batch_size`` defaults to
             :data:`~uattr.callbacks.probe.DEFAULT_CHUNK` (32) blurred copies per call here,
-            rather than the metric's 256: twice as fast on a 2-core CPU.
+            rather than the metric's 256 (the rows stay in a CPU's cache).
         anomaly: anomaly-test settings (above); ``True`` for the defaults, ``False``/``None`` to
             skip it.
         method_kwargs: ``{method name: constructor kwargs}``, e.g. ``{"ua_backprop": {"tau1":

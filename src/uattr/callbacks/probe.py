@@ -1,10 +1,10 @@
 """The fixed, seeded probe subset that validation-time callbacks work on, and their shared plumbing.
 
-Attributing a whole validation set every epoch is far too slow (research/performance.md section 5),
-so the callbacks draw a *probe*: ``probe_size`` items of the validation (or test) set, chosen once
-by a seeded permutation, kept on the CPU and reused every epoch, so numbers and heat maps are
-comparable across epochs. Under DDP rank r takes the items ``r::world_size`` of the probe, so the
-union over ranks is exactly the single-process probe.
+Attributing a whole validation set every epoch is far too slow, so the callbacks draw a *probe*:
+``probe_size`` items of the validation (or test) set, chosen once by a seeded permutation, kept on
+the CPU and reused every epoch, so numbers and heat maps are comparable across epochs. Under DDP
+rank r takes the items ``r::world_size`` of the probe, so the union over ranks is exactly the
+single-process probe.
 
 :class:`ProbeCallback` is the base of the uattr callbacks: it decides when to run (every N
 validation epochs in ``fit``, skipping the sanity check; always in ``trainer.validate`` and
@@ -15,6 +15,7 @@ inference mode) and every submodule's train/eval flag restored afterwards.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,8 +27,11 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.utils.data import Dataset
 
-from uattr.attribution.registry import TARGET_FREE_METHODS, build_method
+from uattr.attribution.iba.readout import Readout
+from uattr.attribution.registry import METHODS, build_method
 from uattr.bayes.posterior import model_uncertainties
+from uattr.common import check_positive_int
+from uattr.lit.readout import load_readout
 from uattr.modes import evaluating, preserved_modes
 
 __all__ = [
@@ -35,6 +39,7 @@ __all__ = [
     "Probe",
     "ProbeCallback",
     "Stage",
+    "build_callback_methods",
     "build_probe",
     "posterior_of",
     "probe_indices",
@@ -155,36 +160,45 @@ def posterior_of(pl_module: LightningModule) -> nn.Module:
     return posterior
 
 
+def _readout(value: Any, pl_module: LightningModule, posterior: nn.Module, name: str) -> Readout:
+    """The trained :class:`Readout` a method's ``readout`` kwarg names (a checkpoint path or a
+    module), or else the one ``pl_module`` trains (a ``ReadoutBottleneckModule``)."""
+    if value is None and (value := getattr(pl_module, "readout", None)) is None:
+        raise ValueError(
+            f"{name!r} needs a trained readout: give method_kwargs={{{name!r}: {{'readout': "
+            "<readout checkpoint>}}}, or attach the callback to a ReadoutBottleneckModule."
+        )
+    if isinstance(value, str | os.PathLike):
+        return load_readout(value, posterior).readout
+    return value
+
+
 def build_callback_methods(
     names: Sequence[str], pl_module: LightningModule, method_kwargs: dict[str, dict[str, Any]]
 ) -> dict[str, Callable[[torch.Tensor, Any], torch.Tensor]]:
     """The attribution methods a callback runs, ``{name: method(x, target) -> maps}``.
 
-    Each is built on :func:`posterior_of` ``(pl_module)`` from the registry, except the
-    target-free ``"readout"`` (:data:`~uattr.attribution.registry.TARGET_FREE_METHODS`): its
-    readout comes from ``method_kwargs["readout"]["readout"]`` (a readout checkpoint, which must
-    have been trained on the classifier explained) or else from ``pl_module`` itself (a
-    ``ReadoutBottleneckModule`` being trained), and it ignores the target.
+    Each is built on :func:`posterior_of` ``(pl_module)`` by
+    :func:`~uattr.attribution.registry.build_method` with ``method_kwargs[name]``. A method that
+    requires a trained ``readout`` (``"readout"``) gets it from its ``readout`` kwarg, the path of
+    a readout checkpoint (:func:`uattr.lit.readout.load_readout`: it must have been trained on the
+    classifier explained), or else from ``pl_module.readout`` (a ``ReadoutBottleneckModule`` being
+    trained). A method that explains class scores only with a map that does not depend on the
+    class (``class_dependent`` false) runs without a target, so it serves an uncertainty callback.
     """
-    from uattr.attribution.readout import ReadoutBottleneck, check_explains
-
     posterior = posterior_of(pl_module)
     methods: dict[str, Callable[[torch.Tensor, Any], torch.Tensor]] = {}
     for name in names:
-        kwargs = method_kwargs.get(name, {})
-        if name in TARGET_FREE_METHODS:
-            readout = ReadoutBottleneck(kwargs.get("readout", pl_module))
-            check_explains(readout, posterior)
-            methods[name] = lambda x, target, readout=readout: readout(x, None)
+        cls = METHODS[name]
+        kwargs = dict(method_kwargs.get(name, {}))
+        if "readout" in cls.required_kwargs:
+            kwargs["readout"] = _readout(kwargs.get("readout"), pl_module, posterior, name)
+        method = build_method(name, posterior, **kwargs)
+        if not cls.class_dependent and not cls.explains_uncertainty:
+            methods[name] = lambda x, target, method=method: method(x, None)
         else:
-            methods[name] = build_method(name, posterior, **kwargs)
+            methods[name] = method
     return methods
-
-
-def check_positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}.")
-    return value
 
 
 class ProbeCallback(Callback):
@@ -209,9 +223,7 @@ class ProbeCallback(Callback):
         super().__init__()
         self.every_n_epochs = check_positive_int(every_n_epochs, "every_n_epochs")
         self.probe_size = check_positive_int(probe_size, "probe_size")
-        if isinstance(probe_seed, bool) or not isinstance(probe_seed, int) or probe_seed < 0:
-            raise ValueError(f"probe_seed must be a non-negative int, got {probe_seed!r}.")
-        self.probe_seed = probe_seed
+        self.probe_seed = check_positive_int(probe_seed, "probe_seed", minimum=0)
         #: how many times :meth:`run` has been called (on this rank)
         self.num_runs = 0
         self._probes: dict[tuple[str, int, int], Probe] = {}
@@ -255,8 +267,8 @@ class ProbeCallback(Callback):
 
 
 #: images per model call in the callbacks' forwards. With S = 20 posterior samples, 32 images are
-#: 640 rows per call; on a 2-core CPU (LeNet-5, 28x28) this ran about twice as fast as 256 images
-#: (5120 rows), whose activations fall out of cache. Measured with benchmarks/callbacks.py.
+#: 640 rows per call, whose activations stay in a CPU's cache where 256 images (5120 rows) do not
+#: (benchmarks/callbacks.py compares the two).
 DEFAULT_CHUNK = 32
 
 

@@ -17,10 +17,10 @@ from uattr.callbacks.probe import (
     ProbeCallback,
     Stage,
     build_probe,
-    check_positive_int,
     posterior_of,
     probe_uncertainties,
 )
+from uattr.common import check_positive_int
 from uattr.data.perturbations import GaussianNoise, Perturbation, Rotation
 from uattr.metrics.ood import OODDetection
 

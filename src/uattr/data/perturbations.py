@@ -213,8 +213,9 @@ class AnomalyPatch(Perturbation):
     patch covers columns ``x_min .. x_max - 1`` and rows ``y_min .. y_max - 1``). The position
     (uniform over all positions that fit) and the noise depend only on ``(seed, index)``.
 
-    The POSTER's patch content is unknown (``research/ua-backprop.md`` section 2.2); uniform noise
-    is the default, as the reference measurement there used a 7x7 noise square on MNIST.
+    UA-Backprop's anomaly protocol is only in its supplement (Wang et al., CVPR 2023), so the patch
+    content is a choice (UNCONFIRMED): uniform noise, as in this project's first measurements on
+    MNIST (a 7x7 noise square).
 
     Args:
         size: patch side in pixels (7 is a quarter of a 28-pixel MNIST side; use 8 for 32x32).

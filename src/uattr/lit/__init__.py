@@ -1,9 +1,14 @@
 """LightningModules: Bayesian and evidential classifiers, the readout bottleneck, checkpoints."""
 
 from uattr.lit.bayesian import BayesianClassifier
-from uattr.lit.checkpoint import load_checkpoint, saved_config
+from uattr.lit.checkpoint import (
+    instantiate_from_config,
+    load_checkpoint,
+    rebuild_from_checkpoint,
+    saved_config,
+)
 from uattr.lit.evidential import EvidentialClassifier
-from uattr.lit.readout import ReadoutBottleneckModule
+from uattr.lit.readout import ReadoutBottleneckModule, load_readout
 from uattr.lit.routine import ClassifierRoutine, Prediction
 
 __all__ = [
@@ -12,6 +17,9 @@ __all__ = [
     "EvidentialClassifier",
     "Prediction",
     "ReadoutBottleneckModule",
+    "instantiate_from_config",
     "load_checkpoint",
+    "load_readout",
+    "rebuild_from_checkpoint",
     "saved_config",
 ]

@@ -8,10 +8,21 @@ from typing import Any
 
 import torch
 import yaml
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningArgumentParser
 
-__all__ = ["CONFIG_KEY", "load_checkpoint", "saved_config"]
+from uattr.lit.run_config import load_run_config
 
-#: where :class:`uattr.cli.SaveConfigToCheckpoint` stores the run's full YAML configuration
+__all__ = [
+    "CONFIG_KEY",
+    "instantiate_from_config",
+    "load_checkpoint",
+    "rebuild_from_checkpoint",
+    "saved_config",
+]
+
+#: where ``train.py`` (its ``SaveConfigToCheckpoint`` callback) stores the run's full YAML
+#: configuration
 CONFIG_KEY = "uattr_config"
 
 
@@ -61,3 +72,39 @@ def saved_config(checkpoint: dict[str, Any], path: str | Path = "checkpoint") ->
             "run's YAML with --config."
         )
     return yaml.safe_load(text)
+
+
+def instantiate_from_config(config: dict[str, Any]) -> tuple[LightningModule, LightningDataModule]:
+    """Build the model and data module of a saved run configuration (no trainer, no loggers)."""
+    parser = LightningArgumentParser(exit_on_error=False)
+    parser.add_lightning_class_args(LightningModule, "model", subclass_mode=True)
+    parser.add_lightning_class_args(LightningDataModule, "data", subclass_mode=True)
+    parsed = parser.parse_object({"model": config["model"], "data": config["data"]})
+    init = parser.instantiate(parsed)
+    return init.model, init.data
+
+
+def rebuild_from_checkpoint(
+    ckpt_path: str | Path, config_path: str | Path | None = None
+) -> tuple[LightningModule, LightningDataModule, dict[str, Any]]:
+    """(model with the checkpoint's weights, data module, config dict) of a saved run.
+
+    The checkpoint is loaded with :func:`load_checkpoint` (``weights_only=True``); the run is
+    rebuilt from ``config_path`` (a YAML file) if given, else from the configuration the
+    checkpoint carries (:func:`saved_config`).
+
+    Raises:
+        FileNotFoundError: no checkpoint, or no file at ``config_path``.
+        ValueError: see :func:`load_checkpoint` and :func:`saved_config`.
+    """
+    checkpoint = load_checkpoint(ckpt_path)
+    if config_path is not None:
+        config_path = Path(config_path)
+        if not config_path.is_file():
+            raise FileNotFoundError(f"no config file at {config_path}.")
+        config = load_run_config(config_path)
+    else:
+        config = saved_config(checkpoint, ckpt_path)
+    model, data = instantiate_from_config(config)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model, data, config

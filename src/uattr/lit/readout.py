@@ -1,4 +1,5 @@
-"""Training a Readout Bottleneck (Schulz et al., ICLR 2020) on a frozen classifier."""
+"""Training a Readout Bottleneck (Schulz et al., ICLR 2020) on a frozen classifier, and loading
+one from its checkpoint."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from uattr.attribution.iba import log_predictive
-from uattr.attribution.readout import Readout
-from uattr.lit.routine import _is_plain
+from uattr.attribution.iba.readout import Readout, ReadoutBottleneck
+from uattr.bayes.outputs import log_predictive, module_device
 from uattr.common import check_images
+from uattr.lit.checkpoint import rebuild_from_checkpoint
+from uattr.lit.routine import _is_plain
 
-__all__ = ["DEFAULT_CLASSIFIER", "ReadoutBottleneckModule", "load_classifier"]
+__all__ = ["DEFAULT_CLASSIFIER", "ReadoutBottleneckModule", "load_classifier", "load_readout"]
 
 #: the checkpoint ``python train.py fit --config configs/mnist5k_lenet_mcdropout.yaml`` writes
 DEFAULT_CLASSIFIER = "checkpoints/mnist5k_lenet_mcdropout/last.ckpt"
@@ -31,9 +33,10 @@ _LENET_READOUTS = (
 def load_classifier(path: str | Path) -> tuple[nn.Module, tuple[int, int, int]]:
     """(posterior, image shape (C, H, W)) of a classifier checkpoint written by ``train.py``.
 
-    The run is rebuilt from the configuration it carries (:func:`uattr.evaluation.
-    rebuild_from_checkpoint`, ``weights_only=True``); the posterior is the module's ``.posterior``
-    (MCDropout, DeepEnsemble or Evidential) and the shape comes from its data module.
+    The run is rebuilt from the configuration it carries
+    (:func:`uattr.lit.checkpoint.rebuild_from_checkpoint`, ``weights_only=True``); the posterior is
+    the module's ``.posterior`` (MCDropout, DeepEnsemble or Evidential) and the shape comes from
+    its data module.
     """
     path = Path(path)
     if not path.is_file():
@@ -42,8 +45,6 @@ def load_classifier(path: str | Path) -> tuple[nn.Module, tuple[int, int, int]]:
             "first: `python train.py fit --config configs/mnist5k_lenet_mcdropout.yaml` writes "
             f"{DEFAULT_CLASSIFIER}; or pass --model.init_args.classifier=PATH."
         )
-    from uattr.evaluation import rebuild_from_checkpoint  # lazy: evaluation imports the CLI
-
     module, data, _ = rebuild_from_checkpoint(path)
     if isinstance(module, ReadoutBottleneckModule):
         raise ValueError(f"{path} is a readout checkpoint; pass the classifier's checkpoint.")
@@ -55,6 +56,42 @@ def load_classifier(path: str | Path) -> tuple[nn.Module, tuple[int, int, int]]:
         )
     shape = (int(data.in_channels), int(data.image_size), int(data.image_size))
     return posterior, shape
+
+
+def load_readout(path: str | Path, posterior: nn.Module) -> ReadoutBottleneck:
+    """The maps of the readout checkpoint ``path``, checked to explain ``posterior``.
+
+    The readout's run is rebuilt from the configuration it carries
+    (:func:`uattr.lit.checkpoint.rebuild_from_checkpoint`, ``weights_only=True``). A readout
+    checkpoint carries the weights of the classifier it was trained on; they must equal
+    ``posterior``'s (:func:`uattr.attribution.iba.check_explains`), or its maps would explain
+    another model. The readout is moved to ``posterior``'s device.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: ``path`` is not a readout checkpoint, or was trained on another classifier.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no readout checkpoint at {path} (--readout). Train one on this classifier first: "
+            "`python train.py fit --config configs/mnist5k_readout.yaml` writes "
+            "checkpoints/mnist5k_readout/last.ckpt (another classifier: "
+            "--model.init_args.classifier=PATH)."
+        )
+    module, _, _ = rebuild_from_checkpoint(path)
+    readout = getattr(module, "readout", None)
+    if not isinstance(readout, Readout):
+        raise ValueError(
+            f"{path} is a checkpoint of {type(module).__name__}, not of a readout bottleneck; "
+            "train one with `python train.py fit --config configs/mnist5k_readout.yaml`."
+        )
+    try:
+        method = ReadoutBottleneck(posterior, readout.eval())
+    except ValueError as error:
+        raise ValueError(f"--readout {path}: {error}") from error
+    readout.to(module_device(posterior))
+    return method
 
 
 class ReadoutBottleneckModule(LightningModule):

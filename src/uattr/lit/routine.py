@@ -13,8 +13,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
-from uattr.metrics.calibration import BrierScore, NegativeLogLikelihood
 from uattr.common import check_images
+from uattr.metrics.calibration import BrierScore, NegativeLogLikelihood
 
 __all__ = ["ClassifierRoutine", "Prediction"]
 
@@ -149,7 +149,8 @@ class ClassifierRoutine(LightningModule):
 
     def on_train_epoch_end(self) -> None:
         # Logged here, not per step: Lightning moves a logged Metric object to the device on every
-        # self.log call, ~0.6 ms a step on the CPU, 10% of a LeNet-5 training step.
+        # self.log call, a noticeable share of a small model's training step
+        # (docs/choices_and_timings.md).
         if self.train_acc.update_called:
             self.log("train/acc", self.train_acc.compute())  # synced across DDP ranks
         self.train_acc.reset()

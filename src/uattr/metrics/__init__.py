@@ -7,7 +7,13 @@ ADA, pointing game), :class:`BoundingBoxRatio`, :class:`PointingGame`, :class:`D
 :class:`OODDetection` (AUROC, AUPR, FPR@95TPR).
 """
 
-from uattr.metrics.blurring import BlurringTest, blur_images, blurring_curves
+from uattr.metrics.blurring import (
+    BlurringTest,
+    blur_images,
+    blurring_curves,
+    blurring_scores,
+    count_grid,
+)
 from uattr.metrics.calibration import (
     BrierScore,
     ExpectedCalibrationError,
@@ -46,10 +52,12 @@ __all__ = [
     "SensitivityN",
     "blur_images",
     "blurring_curves",
+    "blurring_scores",
     "bounding_box_ratio",
     "box_iou",
     "boxes_to_masks",
     "brier_score",
+    "count_grid",
     "degradation_curves",
     "dice_iou_thresholded",
     "expected_calibration_error",

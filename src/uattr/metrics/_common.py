@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 
+from uattr.common import ALL_UNCERTAINTY_KINDS, check_images
 from uattr.modes import evaluating
-from uattr.common import check_images
 
 UncertaintyFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 ProbabilityFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
-
-_KINDS = ("total", "aleatoric", "epistemic", "vacuity")
 
 
 def percent(p: float) -> str:
@@ -81,10 +79,10 @@ def resolve_uncertainty(kind: str | UncertaintyFn) -> UncertaintyFn:
     """
     if callable(kind):
         return kind
-    if kind not in _KINDS:
+    if kind not in ALL_UNCERTAINTY_KINDS:
         raise ValueError(
-            f"unknown uncertainty {kind!r}: use one of {', '.join(_KINDS)} or a callable "
-            "(model, x [B, C, H, W]) -> Tensor[B]."
+            f"unknown uncertainty {kind!r}: use one of {', '.join(ALL_UNCERTAINTY_KINDS)} or a "
+            "callable (model, x [B, C, H, W]) -> Tensor[B]."
         )
 
     def fn(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -131,6 +129,16 @@ def evaluate_chunks(
     return torch.cat(outs)
 
 
+def index_batches(total: int, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
+    """The indices 0 .. total - 1 as consecutive LongTensors of at most ``batch_size``.
+
+    The perturbation tests enumerate their (image, step) copies by one flat index and build one
+    chunk of copies per batch of indices, so only ``batch_size`` copies exist at a time.
+    """
+    for start in range(0, total, batch_size):
+        yield torch.arange(start, min(start + batch_size, total), device=device)
+
+
 def tie_break_ranks(values: torch.Tensor, seed: int, descending: bool = True) -> torch.Tensor:
     """The rank (0 = first) of every entry of ``values`` [B, N] when sorted, ties broken at random.
 
@@ -152,13 +160,22 @@ def tile_ids(
     height: int, width: int, tile_size: int, device: torch.device
 ) -> tuple[torch.Tensor, int]:
     """(tile index of every pixel [H * W], tile count); row-major, edge tiles may be smaller."""
+    side = min(height, width)
+    if not 1 <= tile_size <= side:
+        raise ValueError(f"tile_size must be between 1 and the image side {side}, got {tile_size}.")
     nth, ntw = math.ceil(height / tile_size), math.ceil(width / tile_size)
     rows = torch.arange(height, device=device) // tile_size
     cols = torch.arange(width, device=device) // tile_size
     return (rows[:, None] * ntw + cols[None, :]).flatten(), nth * ntw
 
 
-def check_batch_size(batch_size: int) -> int:
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    return batch_size
+def minmax_rows(values: torch.Tensor) -> torch.Tensor:
+    """Min-max scale each row of ``values`` [B, N] to [0, 1] in float64; a constant row -> 0.
+
+    Unlike :func:`uattr.common.minmax_scale` (which multiplies by 1 / span) this divides by the
+    span, as the SSIM and Dice scores always have; the two differ in the last bit, which can move a
+    value across a Dice threshold.
+    """
+    flat = values.double()
+    lo, hi = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
+    return torch.where(hi > lo, (flat - lo) / (hi - lo).clamp_min(1e-300), torch.zeros_like(flat))

@@ -2,7 +2,8 @@
 
 All three take posterior-mean class probabilities ``probs`` [B, K] (e.g.
 :func:`uattr.bayes.posterior.predictive_distribution`; alpha / S for evidential models) and class
-indices ``target`` [B].
+indices ``target`` [B]. As in torchmetrics, each metric class and its function share one private
+``_update`` (a batch -> float64 sum and count) and ``_compute`` (sum / count), so they cannot drift.
 """
 
 from __future__ import annotations
@@ -42,23 +43,48 @@ def _check_probs(probs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tenso
     return probs, target
 
 
+def _nll_update(probs: torch.Tensor, target: torch.Tensor, eps: float) -> tuple[torch.Tensor, int]:
+    """(sum_b -log max(p_b[y_b], eps) in nats as a float64 scalar, B) of one batch."""
+    probs, target = _check_probs(probs, target)
+    p = probs.gather(1, target[:, None]).squeeze(1).double()
+    return -p.clamp_min(eps).log().sum(), probs.shape[0]
+
+
+def _brier_update(probs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(sum_b sum_k (p_bk - y_bk)^2 as a float64 scalar, B) of one batch, y one-hot.
+
+    Per-sample sums first, then their sum, so that sum / B is the mean of the per-sample scores
+    to the bit.
+    """
+    probs, target = _check_probs(probs, target)
+    onehot = torch.nn.functional.one_hot(target, probs.shape[1]).to(probs.dtype)
+    return (probs - onehot).double().pow(2).sum(1).sum(), probs.shape[0]
+
+
+def _mean_compute(total: torch.Tensor, count: torch.Tensor | int) -> torch.Tensor:
+    """The mean over samples: ``total / count``."""
+    return total / count
+
+
 def negative_log_likelihood(
     probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-12
 ) -> torch.Tensor:
     """Mean negative log-likelihood -(1/B) sum_b log p_b[y_b] in nats; p is clamped at ``eps``.
 
-    The clamp (default 1e-12, a choice) keeps a confidently wrong prediction finite (27.6 nats).
+    ``probs`` [B, K], ``target`` [B] -> float64 scalar. The clamp (default 1e-12, a choice) keeps
+    a confidently wrong prediction finite (27.6 nats). The functional form of
+    :class:`NegativeLogLikelihood`.
     """
-    probs, target = _check_probs(probs, target)
-    p = probs.gather(1, target[:, None]).squeeze(1)
-    return -p.double().clamp_min(eps).log().mean()
+    return _mean_compute(*_nll_update(probs, target, eps))
 
 
 def brier_score(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean over samples of sum_k (p_k - y_k)^2, y one-hot (Brier 1950, multiclass; in [0, 2])."""
-    probs, target = _check_probs(probs, target)
-    onehot = torch.nn.functional.one_hot(target, probs.shape[1]).to(probs.dtype)
-    return (probs - onehot).double().pow(2).sum(1).mean()
+    """Mean over samples of sum_k (p_k - y_k)^2, y one-hot (Brier 1950, multiclass; in [0, 2]).
+
+    ``probs`` [B, K], ``target`` [B] -> float64 scalar. The functional form of
+    :class:`BrierScore`.
+    """
+    return _mean_compute(*_brier_update(probs, target))
 
 
 def expected_calibration_error(
@@ -94,13 +120,12 @@ class NegativeLogLikelihood(Metric):
         self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
-        probs, target = _check_probs(probs, target)
-        p = probs.gather(1, target[:, None]).squeeze(1).double()
-        self.nll_sum += -p.clamp_min(self.eps).log().sum()
-        self.count += probs.shape[0]
+        total, count = _nll_update(probs, target, self.eps)
+        self.nll_sum += total
+        self.count += count
 
     def compute(self) -> torch.Tensor:
-        return self.nll_sum / self.count
+        return _mean_compute(self.nll_sum, self.count)
 
 
 class BrierScore(Metric):
@@ -121,13 +146,12 @@ class BrierScore(Metric):
         self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
-        probs, target = _check_probs(probs, target)
-        onehot = torch.nn.functional.one_hot(target, probs.shape[1]).to(probs.dtype)
-        self.brier_sum += (probs - onehot).double().pow(2).sum()
-        self.count += probs.shape[0]
+        total, count = _brier_update(probs, target)
+        self.brier_sum += total
+        self.count += count
 
     def compute(self) -> torch.Tensor:
-        return self.brier_sum / self.count
+        return _mean_compute(self.brier_sum, self.count)
 
 
 class ExpectedCalibrationError(MulticlassCalibrationError):

@@ -14,11 +14,12 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
+from uattr.common import check_choice, check_positive_int
 from uattr.metrics._common import (
-    check_batch_size,
     check_images_and_maps,
     check_labels,
     evaluate_chunks,
+    index_batches,
     predictive_probabilities,
     tie_break_ranks,
     tile_ids,
@@ -27,6 +28,12 @@ from uattr.metrics._common import (
 __all__ = ["Degradation", "degradation_curves"]
 
 _BASELINES = ("mean", "zero")
+
+
+def _check_steps_and_baseline(steps: int, baseline: str) -> None:
+    # Two steps at least: the original and the fully degraded image.
+    check_positive_int(steps, "steps", minimum=2)
+    check_choice(baseline, _BASELINES, "baseline")
 
 
 def degradation_curves(
@@ -49,18 +56,9 @@ def degradation_curves(
     ``target`` defaults to the class predicted on the original image. See :class:`Degradation`.
     """
     x, maps = check_images_and_maps(x, maps)
-    check_batch_size(batch_size)
-    if baseline not in _BASELINES:
-        raise ValueError(f"unknown baseline {baseline!r}: use one of {', '.join(_BASELINES)}.")
-    if steps < 2:
-        raise ValueError(
-            f"steps must be at least 2 (the original and the fully degraded image), got {steps}."
-        )
+    check_positive_int(batch_size, "batch_size")
+    _check_steps_and_baseline(steps, baseline)
     b, c, h, w = x.shape
-    if not 1 <= tile_size <= min(h, w):
-        raise ValueError(
-            f"tile_size must be between 1 and the image side {min(h, w)}, got {tile_size}."
-        )
     prob_fn = probabilities or predictive_probabilities
     tile_id, num_tiles = tile_ids(h, w, tile_size, x.device)
     flat = maps.flatten(1).double()
@@ -84,8 +82,7 @@ def degradation_curves(
     total = 2 * b * m
 
     def chunks():
-        for start in range(0, total, batch_size):
-            idx = torch.arange(start, min(start + batch_size, total), device=x.device)
+        for idx in index_batches(total, batch_size, x.device):
             order, img, n = idx // (b * m), (idx // m) % b, grid[idx % m]
             mask = (ranks[order, img][:, tile_id] < n[:, None]).view(-1, 1, h, w)
             yield torch.where(mask, fill[img], x[img])
@@ -144,20 +141,12 @@ class Degradation(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not isinstance(tile_size, int) or tile_size < 1:
-            raise ValueError(f"tile_size must be a positive integer, got {tile_size!r}.")
-        if steps < 2:
-            raise ValueError(
-                f"steps must be at least 2 (the original and the fully degraded image), "
-                f"got {steps}."
-            )
-        if baseline not in _BASELINES:
-            raise ValueError(f"unknown baseline {baseline!r}: use one of {', '.join(_BASELINES)}.")
-        self.tile_size = tile_size
+        self.tile_size = check_positive_int(tile_size, "tile_size")
+        _check_steps_and_baseline(steps, baseline)
         self.steps = steps
         self.baseline = baseline
         self.probabilities = probabilities
-        self.batch_size = check_batch_size(batch_size)
+        self.batch_size = check_positive_int(batch_size, "batch_size")
         self.seed = seed
         zeros = torch.zeros(steps, dtype=torch.float64)
         self.add_state("morf_sum", zeros.clone(), dist_reduce_fx="sum")

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
-from uattr.metrics._common import check_maps, tie_break_ranks
+from uattr.common import check_choice
+from uattr.metrics._common import check_maps, minmax_rows, tie_break_ranks
 
 __all__ = [
     "AnomalyLocalization",
@@ -94,6 +95,12 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area_a + area_b - inter)
 
 
+def _check_q(q: float) -> float:
+    if not 0.0 < q <= 1.0:
+        raise ValueError(f"q must be a fraction in (0, 1], got {q}.")
+    return q
+
+
 def _pair(patch_size: int | tuple[int, int]) -> tuple[int, int]:
     ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
     if ph < 1 or pw < 1:
@@ -117,6 +124,7 @@ def predicted_boxes(
     maps = check_maps(maps)
     b, h, w = maps.shape
     ph, pw = _pair(patch_size)
+    check_choice(box_from, _BOX_FROM, "box_from")
     if box_from == "window":
         if ph > h or pw > w:
             raise ValueError(f"patch_size {(ph, pw)} is larger than the {h}x{w} maps.")
@@ -125,20 +133,16 @@ def predicted_boxes(
         wout = w - pw + 1
         y0, x0 = idx // wout, idx % wout
         return torch.stack([x0, y0, x0 + pw, y0 + ph], 1)
-    if box_from == "top_q":
-        q = ph * pw / (h * w) if q is None else q
-        if not 0.0 < q <= 1.0:
-            raise ValueError(f"q must be a fraction in (0, 1], got {q}.")
-        n = max(1, round(q * h * w))
-        top = tie_break_ranks(maps.flatten(1), seed=0) < n
-        pix = torch.arange(h * w, device=maps.device)
-        rows, cols = (pix // w).expand(b, -1), (pix % w).expand(b, -1)
-        y0 = torch.where(top, rows, h).amin(1)
-        y1 = torch.where(top, rows, -1).amax(1) + 1
-        x0 = torch.where(top, cols, w).amin(1)
-        x1 = torch.where(top, cols, -1).amax(1) + 1
-        return torch.stack([x0, y0, x1, y1], 1)
-    raise ValueError(f"unknown box_from {box_from!r}: use one of {', '.join(_BOX_FROM)}.")
+    q = _check_q(ph * pw / (h * w) if q is None else q)
+    n = max(1, round(q * h * w))
+    top = tie_break_ranks(maps.flatten(1), seed=0) < n
+    pix = torch.arange(h * w, device=maps.device)
+    rows, cols = (pix // w).expand(b, -1), (pix % w).expand(b, -1)
+    y0 = torch.where(top, rows, h).amin(1)
+    y1 = torch.where(top, rows, -1).amax(1) + 1
+    x0 = torch.where(top, cols, w).amin(1)
+    x1 = torch.where(top, cols, -1).amax(1) + 1
+    return torch.stack([x0, y0, x1, y1], 1)
 
 
 def pointing_hits(maps: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
@@ -178,10 +182,7 @@ def dice_iou_thresholded(
     """
     maps = check_maps(maps)
     regions = _regions_to_masks(masks, maps).flatten(1)
-    flat = maps.flatten(1).double()
-    lo, hi = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
-    norm = torch.where(hi > lo, (flat - lo) / (hi - lo).clamp_min(1e-300), torch.zeros_like(flat))
-    pred = norm >= threshold
+    pred = minmax_rows(maps.flatten(1)) >= threshold
     inter = (pred & regions).sum(1).double()
     size = pred.sum(1).double() + regions.sum(1).double()
     union = (pred | regions).sum(1).double()
@@ -200,10 +201,10 @@ class AnomalyLocalization(Metric):
     "ada": fraction of images with IoU >= ``iou_threshold``, "pointing_game": fraction whose argmax
     pixel lies in the true box}``.
 
-    The protocol is UNCONFIRMED (research notes, UA-Backprop section 2.2): "ADA" is read as anomaly
-    detection accuracy at IoU >= 0.5 (the usual detection threshold); the pointing-game rate is
-    logged in case ADA means that. Default ``patch_size`` 7 is the notes' MNIST patch (25% of the
-    side); match it to the data module's anomaly patch.
+    The protocol is UNCONFIRMED (UA-Backprop's anomaly protocol, Wang et al. CVPR 2023, is only in
+    its supplement): "ADA" is read as anomaly detection accuracy at IoU >= 0.5 (the usual detection
+    threshold); the pointing-game rate is logged in case ADA means that. Default ``patch_size`` 7
+    is a 7x7 MNIST patch (25% of the side); match it to the data module's anomaly patch.
     """
 
     is_differentiable = False
@@ -219,13 +220,10 @@ class AnomalyLocalization(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if box_from not in _BOX_FROM:
-            raise ValueError(f"unknown box_from {box_from!r}: use one of {', '.join(_BOX_FROM)}.")
-        if q is not None and not 0.0 < q <= 1.0:
-            raise ValueError(f"q must be a fraction in (0, 1], got {q}.")
+        check_choice(box_from, _BOX_FROM, "box_from")
         self.patch_size = _pair(patch_size)
         self.box_from = box_from
-        self.q = q
+        self.q = q if q is None else _check_q(q)
         self.iou_threshold = iou_threshold
         self.add_state("iou_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("ada_hits", torch.tensor(0), dist_reduce_fx="sum")

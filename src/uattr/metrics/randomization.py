@@ -18,7 +18,7 @@ from torchmetrics import Metric
 from torchmetrics.functional.image import structural_similarity_index_measure
 from torchmetrics.utilities.data import dim_zero_cat
 
-from uattr.metrics._common import check_maps
+from uattr.metrics._common import check_maps, minmax_rows
 
 __all__ = ["RandomizationSanity", "map_ssim", "randomizable_layers"]
 
@@ -41,10 +41,8 @@ def randomizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def _normalise(maps: torch.Tensor, absolute: bool) -> torch.Tensor:
     """Per-image min-max scaling of maps [B, H, W] to [0, 1] (constant map -> 0): [B, 1, H, W]."""
-    flat = maps.flatten(1).double()
-    flat = flat.abs() if absolute else flat
-    lo, hi = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
-    norm = torch.where(hi > lo, (flat - lo) / (hi - lo).clamp_min(1e-300), torch.zeros_like(flat))
+    flat = maps.flatten(1)
+    norm = minmax_rows(flat.abs() if absolute else flat)
     return norm.view(maps.shape[0], 1, *maps.shape[1:])
 
 

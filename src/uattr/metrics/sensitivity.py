@@ -15,11 +15,12 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
+from uattr.common import check_positive_int
 from uattr.metrics._common import (
-    check_batch_size,
     check_images_and_maps,
     check_labels,
     evaluate_chunks,
+    index_batches,
     predictive_probabilities,
     tile_ids,
 )
@@ -69,12 +70,8 @@ def sensitivity_n_samples(
     :class:`SensitivityN`.
     """
     x, maps = check_images_and_maps(x, maps)
-    check_batch_size(batch_size)
+    check_positive_int(batch_size, "batch_size")
     b, c, h, w = x.shape
-    if not 1 <= tile_size <= min(h, w):
-        raise ValueError(
-            f"tile_size must be between 1 and the image side {min(h, w)}, got {tile_size}."
-        )
     tile_id, num_tiles = tile_ids(h, w, tile_size, x.device)
     too_big = [n for n in n_values if not 1 <= n <= num_tiles]
     if too_big:
@@ -97,8 +94,7 @@ def sensitivity_n_samples(
 
     def chunks():
         yield x, target
-        for start in range(0, total, batch_size):
-            idx = torch.arange(start, min(start + batch_size, total), device=x.device)
+        for idx in index_batches(total, batch_size, x.device):
             img, k = idx // lj, idx % lj
             mask = pixel_masks[k].view(-1, 1, h, w)
             yield torch.where(mask, fill, x[img]), target[img]
@@ -154,17 +150,14 @@ class SensitivityN(Metric):
         n_values = tuple(int(n) for n in n_values)
         if not n_values or min(n_values) < 1 or len(set(n_values)) != len(n_values):
             raise ValueError(f"n_values must be distinct positive integers, got {n_values}.")
-        if num_masks < 2:
-            raise ValueError(
-                f"num_masks must be at least 2 to define a correlation, got {num_masks}."
-            )
         self.n_values = n_values
-        self.num_masks = num_masks
+        # Two sets at least, to define a correlation per image.
+        self.num_masks = check_positive_int(num_masks, "num_masks", minimum=2)
         self.seed = seed
         self.tile_size = tile_size
         self.baseline = baseline
         self.output = output
-        self.batch_size = check_batch_size(batch_size)
+        self.batch_size = check_positive_int(batch_size, "batch_size")
         zeros = torch.zeros(len(n_values), dtype=torch.float64)
         for name in ("sum_a", "sum_d", "sum_aa", "sum_dd", "sum_ad", "corr_sum"):
             self.add_state(name, zeros.clone(), dist_reduce_fx="sum")

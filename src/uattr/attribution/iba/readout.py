@@ -1,36 +1,30 @@
-"""Readout Bottleneck (Schulz et al., ICLR 2020; spec ``research/iba-olives-edl.md`` section A.6).
+"""The Readout Bottleneck (Schulz et al., ICLR 2020, section 3.2): alpha predicted in one pass.
 
 A small network reads feature maps of a frozen classifier in a nested clean forward pass and
 predicts the bottleneck's alpha in one go, instead of optimising it per image. :class:`Readout`
 is that network together with the classifier it reads (plain ``nn.Module``; trained by
-:class:`uattr.lit.readout.ReadoutBottleneckModule`); :class:`ReadoutBottleneck` gives its maps.
+:class:`uattr.lit.readout.ReadoutBottleneckModule`, loaded from a checkpoint by
+:func:`uattr.lit.readout.load_readout`); :class:`ReadoutBottleneck` gives its maps.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from uattr.attribution.base import Attribution, Target
-from uattr.attribution.iba import (
-    Bottleneck,
-    FeatureEstimator,
-    capacity_map,
-    forward_posterior,
-    gaussian_smoothing,
-    named_layers,
-)
+from uattr.attribution.iba.bottleneck import Bottleneck, named_layers
+from uattr.attribution.iba.capacity import capacity_map, gaussian_smoothing
+from uattr.attribution.iba.estimator import FeatureEstimator
+from uattr.bayes.outputs import forward_posterior, module_device
 from uattr.modes import evaluating
-from uattr.common import check_images
 
-__all__ = ["Readout", "ReadoutBottleneck"]
+__all__ = ["ALPHA_CLAMP", "Readout", "ReadoutBottleneck", "check_explains"]
 
 #: alpha range of the readout (library and paper code clamp to [-5, 5])
 ALPHA_CLAMP = 5.0
@@ -145,8 +139,7 @@ class Readout(nn.Module):
 
             return hook
 
-        device = next((t.device for t in (*self.model.parameters(), *self.model.buffers())), None)
-        x = torch.zeros(1, *self.input_shape, device=device)
+        x = torch.zeros(1, *self.input_shape, device=module_device(self.model))
         handles = [m.register_forward_hook(make_hook(n)) for n, m in modules.items()]
         try:
             with evaluating(self.model), torch.inference_mode(False), torch.no_grad():
@@ -257,7 +250,7 @@ class Readout(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The training pass: (model output with the bottleneck inserted, capacity [B, C, h, w]).
 
-        The output is :func:`~uattr.attribution.iba.forward_posterior`'s (logits [S, B, K] or an
+        The output is :func:`~uattr.bayes.outputs.forward_posterior`'s (logits [S, B, K] or an
         evidential alpha [B, K]); gradients reach the readout network only through lambda. One
         noise draw per image: from ``generator`` (CPU, reproducible) or the global RNG.
         """
@@ -282,58 +275,65 @@ class ReadoutBottleneck(Attribution):
     The readout predicts alpha from the features alone, as in Schulz et al., so the map does not
     depend on the class target (which is still validated; ``None`` is accepted). It was trained to
     keep the label's information and cannot explain an uncertainty: uncertainty targets raise (use
-    ``PerSampleBottleneck(target="total")``).
+    ``PerSampleBottleneck(model, layer)(x, "total")``).
 
     Args:
-        readout: a :class:`Readout`, a module holding one as ``.readout`` (the training
-            ``ReadoutBottleneckModule``), or the path of a readout checkpoint written by
-            ``train.py`` (rebuilt with :func:`uattr.evaluation.rebuild_from_checkpoint`; the
-            classifier checkpoint it names must exist).
+        model: the classifier explained (posterior wrapper, evidential or plain): the module the
+            readout reads, or one with the same weights (see :func:`check_explains`).
+        readout: a trained :class:`Readout`: a ``ReadoutBottleneckModule``'s ``.readout``, or
+            :func:`uattr.lit.readout.load_readout` for a readout checkpoint.
+
+    Raises:
+        TypeError: ``readout`` is not a :class:`Readout`.
+        ValueError: the readout reads another classifier than ``model``.
     """
 
-    def __init__(self, readout: nn.Module | str | os.PathLike) -> None:
-        if isinstance(readout, str | os.PathLike):
-            readout = _load_readout(Path(readout))
-        inner = getattr(readout, "readout", None)
-        if not isinstance(readout, Readout) and isinstance(inner, Readout):
-            readout = inner
-        if not isinstance(readout, Readout):
-            raise TypeError(
-                "readout must be a Readout, a ReadoutBottleneckModule or a readout checkpoint "
-                f"path; got {type(readout).__name__}."
-            )
-        super().__init__(readout)
+    label: ClassVar[str] = "Readout IBA"
+    explains: ClassVar[frozenset[str]] = frozenset({"class"})
+    class_dependent: ClassVar[bool] = False
+    required_kwargs: ClassVar[tuple[str, ...]] = ("readout",)
 
-    def __call__(self, x: torch.Tensor, target: Target | None = None) -> torch.Tensor:
-        if target is None:  # the map does not depend on the class
-            check_images(x, name=f"{self.name} inputs")
-            target = torch.zeros(x.shape[0], dtype=torch.long)
-        return super().__call__(x, target)
+    def __init__(self, model: nn.Module, readout: Readout) -> None:
+        super().__init__(model)
+        if not isinstance(readout, Readout):
+            hint = (
+                " (this module holds one: pass its .readout)"
+                if isinstance(getattr(readout, "readout", None), Readout)
+                else ""
+            )
+            raise TypeError(
+                f"readout must be a trained Readout, got {type(readout).__name__}{hint}. Load a "
+                "readout checkpoint with uattr.lit.readout.load_readout(path, model)."
+            )
+        check_explains(readout, model)
+        self.readout = readout
+
+    def default_target(self, x: torch.Tensor) -> torch.Tensor:
+        """Class 0 for every image: the map does not depend on the class, so no forward pass is
+        spent predicting one."""
+        return torch.zeros(x.shape[0], dtype=torch.long)
 
     def attribute(self, x: torch.Tensor, target: Target) -> torch.Tensor:
-        readout: Readout = self.model
-        if isinstance(target, str):
-            raise ValueError(
-                f"ReadoutBottleneck cannot explain the uncertainty {target!r}: its readout was "
-                "trained to keep the label's information. Use PerSampleBottleneck(model, layer)"
-                f"(x, target={target!r}) for uncertainty targets."
-            )
+        readout = self.readout
         if target.min() < 0 or target.max() >= readout.num_classes:
             raise ValueError(
                 f"class target out of range: the model has {readout.num_classes} classes, got "
                 f"classes {target.min().item()}..{target.max().item()}."
             )
-        with torch.no_grad():
+        with evaluating(readout), torch.no_grad():
             return capacity_map(readout.capacity(x), tuple(x.shape[-2:]))
 
 
-def check_explains(method: ReadoutBottleneck, classifier: nn.Module) -> None:
-    """Raise unless ``method``'s readout reads ``classifier`` (the same module or equal weights).
+def check_explains(readout: Readout, classifier: nn.Module) -> None:
+    """Raise unless ``readout`` reads ``classifier`` (the same module or equal weights).
 
     A readout checkpoint carries the weights of the classifier it was trained on; its maps explain
     that classifier, so they are only maps of ``classifier`` when the weights agree.
+
+    Raises:
+        ValueError: the state dicts differ (other keys or other values).
     """
-    reads = method.model.model
+    reads = readout.model
     if reads is classifier:
         return
     theirs, ours = reads.state_dict(), classifier.state_dict()
@@ -346,16 +346,3 @@ def check_explains(method: ReadoutBottleneck, classifier: nn.Module) -> None:
             "classifier (train.py fit --config configs/mnist5k_readout.yaml "
             "--model.init_args.classifier=<its checkpoint>)."
         )
-
-
-def _load_readout(path: Path) -> Readout:
-    from uattr.evaluation import rebuild_from_checkpoint  # lazy: attribution must not need lit
-
-    module, _, _ = rebuild_from_checkpoint(path)
-    readout = getattr(module, "readout", None)
-    if not isinstance(readout, Readout):
-        raise ValueError(
-            f"{path} is a checkpoint of {type(module).__name__}, not of a readout bottleneck; "
-            "train one with `python train.py fit --config configs/mnist5k_readout.yaml`."
-        )
-    return readout.eval()
