@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 #: glibc malloc settings for this workload: keep freed large buffers in the heap instead of
 #: returning them to the OS. The metrics re-score thousands of batches of S x 1024 rows, and by
 #: default every such activation buffer is mmap-ed and unmapped again, so page faults dominate the
-#: system time (measurements in docs/evaluation.md).
+#: system time (measurements in docs/choices_and_timings.md).
 MALLOC_SETTINGS = {"MALLOC_MMAP_THRESHOLD_": "4294967295", "MALLOC_TRIM_THRESHOLD_": "4294967295"}
 
 

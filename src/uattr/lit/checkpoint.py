@@ -69,7 +69,7 @@ def saved_config(checkpoint: dict[str, Any], path: str | Path = "checkpoint") ->
     if text is None:
         raise ValueError(
             f"{path} carries no run configuration (it was not written by train.py); pass the "
-            "run's YAML with --config."
+            "run's YAML with --run_config."
         )
     return yaml.safe_load(text)
 
